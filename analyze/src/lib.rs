@@ -1,0 +1,5 @@
+//! retrace-analyze.
+
+pub mod cli;
+
+pub use cli::{run, AnalyzeArgs};

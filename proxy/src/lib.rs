@@ -1,0 +1,5 @@
+//! retrace-proxy.
+
+pub mod cli;
+
+pub use cli::{run, ProxyArgs};

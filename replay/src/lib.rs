@@ -1,0 +1,5 @@
+//! retrace-replay.
+
+pub mod cli;
+
+pub use cli::{run, ReplayArgs};

@@ -1,0 +1,5 @@
+//! retrace-sim.
+
+pub mod cli;
+
+pub use cli::{run, SimArgs};

@@ -1,0 +1,75 @@
+//! The `retrace` binary: parse, set up, call a library, map errors to exit codes.
+//!
+//! Exit codes: 0 success (and all SLOs pass), 1 a verdict failed (SLO gate, client-limited
+//! run where asked), 2 bad input or usage, or a run that could not be carried out.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Load-test LLM inference servers with the traffic they really get.
+#[derive(Debug, Parser)]
+#[command(name = "retrace", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole product on the bundled Azure trace: record, replay, analyze.
+    Demo(retrace::demo::DemoArgs),
+    /// Record production traffic: an inline proxy writing one row per request.
+    Proxy(retrace_proxy::ProxyArgs),
+    /// Replay a recording or public trace against a target, scaled and re-timed.
+    Replay(retrace_replay::ReplayArgs),
+    /// Analyze replay results: drift, leaks, starvation, capacity, SLO gates.
+    Analyze(retrace_analyze::AnalyzeArgs),
+    /// Run the simulated GPU inference server.
+    Sim(retrace_sim::SimArgs),
+    /// Import a public trace (Azure, BurstGPT, Mooncake) into the request schema.
+    Import(retrace::cli::ImportArgs),
+    /// Summarize a trace or recording: rate, burstiness, token lengths, outcomes.
+    Inspect(retrace::cli::InspectArgs),
+    /// Export a recording to another tool's trace format.
+    Export(retrace::cli::ExportArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    retrace::logging::init();
+    let result = match cli.command {
+        Command::Import(args) => retrace::cli::import(args),
+        Command::Inspect(args) => retrace::cli::inspect(args),
+        Command::Export(args) => retrace::cli::export(args),
+        Command::Demo(args) => block_on(|stop| retrace::demo::run(args, stop)),
+        Command::Proxy(args) => block_on(|stop| async { Ok(retrace_proxy::run(args, stop).await?) }),
+        Command::Replay(args) => {
+            block_on(|stop| async { Ok(retrace_replay::run(args, stop).await?) })
+        }
+        Command::Analyze(args) => {
+            block_on(|stop| async { Ok(retrace_analyze::run(args, stop).await?) })
+        }
+        Command::Sim(args) => block_on(|stop| async { Ok(retrace_sim::run(args, stop).await?) }),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs an async entry point on a multi-threaded runtime, handing it a future that
+/// resolves on SIGINT or SIGTERM (mini-redis style: the shutdown signal is passed in).
+fn block_on<F, Fut>(entry: F) -> anyhow::Result<u8>
+where
+    F: FnOnce(retrace::shutdown::Signal) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<u8>>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move { entry(retrace::shutdown::Signal::new()).await })
+}

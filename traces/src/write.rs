@@ -1,0 +1,1 @@
+//! write (being built).
