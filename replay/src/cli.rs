@@ -15,6 +15,9 @@ pub enum ReplayError {
 }
 
 /// Runs `retrace replay` until done or until `shutdown` resolves. Returns the process exit code.
-pub async fn run(_args: ReplayArgs, _shutdown: impl Future<Output = ()> + Send) -> Result<u8, ReplayError> {
+pub async fn run(
+    _args: ReplayArgs,
+    _shutdown: impl Future<Output = ()> + Send,
+) -> Result<u8, ReplayError> {
     Err(ReplayError::NotBuilt)
 }
