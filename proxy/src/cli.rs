@@ -1,20 +1,249 @@
-//! Command-line arguments of `retrace proxy` and its entry point.
+//! Command-line arguments of `retrace proxy`, their typed value parsers, the validated
+//! [`ProxyConfig`], and the entry point [`run`].
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{AdminListen, ProxyConfig, Upstream};
+use crate::ProxyError;
 
 /// Arguments of `retrace proxy`.
-#[derive(Debug, clap::Args)]
-pub struct ProxyArgs {}
-
-/// Errors of `retrace proxy`.
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
-    /// Not built yet.
-    #[error("`retrace proxy` is not built yet")]
-    NotBuilt,
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProxyArgs {
+    /// Address to listen on for client traffic (e.g. `0.0.0.0:8080`).
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// The upstream server, `http://host:port` or `https://host:port[/prefix]`.
+    #[arg(long)]
+    pub upstream: String,
+    /// Directory the recording (Parquet files) is written to.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Admin listener (`/metrics`, `/healthz`), or `off`.
+    #[arg(long, default_value = "127.0.0.1:9090", value_parser = parse_admin)]
+    pub admin: AdminListen,
+    /// PEM certificate chain: terminate TLS on the listener (needs `--tls-key`).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) trusted for an https upstream (in addition to webpki roots).
+    #[arg(long)]
+    pub upstream_ca: Option<PathBuf>,
+    /// Do not verify the upstream's TLS certificate (testing only).
+    #[arg(long)]
+    pub insecure_upstream: bool,
+    /// Keep the client's Host header instead of rewriting it to the upstream's.
+    #[arg(long)]
+    pub preserve_host: bool,
+    /// Upstream TCP (+TLS) connect timeout, e.g. `5s`, `500ms`.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Time allowed from sending a request upstream to the response head.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub first_byte_timeout: Duration,
+    /// Longest silence allowed between two response body chunks.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Hugging Face `tokenizer.json` used to count prompt tokens when the server sends no usage.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Ask streaming requests upstream for a usage chunk (stripped again for the client).
+    #[arg(long)]
+    pub include_usage: bool,
+    /// Record prompt and response text (size-capped).
+    #[arg(long)]
+    pub capture_content: bool,
+    /// Request bodies are parsed for recording only up to this size (e.g. `1MiB`).
+    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    pub max_parse_bytes: u64,
+    /// Rows that may wait for the writer; beyond this, rows are dropped (and counted).
+    #[arg(long, default_value_t = 65_536)]
+    pub queue_capacity: usize,
+    /// Start a new file once the current one reaches this size (e.g. `256MiB`).
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    pub rotate_size: u64,
+    /// Start a new file once the current one is this old (e.g. `1h`).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub rotate_age: Duration,
+    /// How often buffered rows are flushed to disk (the most a SIGKILL can lose).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub flush_interval: Duration,
 }
 
-/// Runs `retrace proxy` until done or until `shutdown` resolves. Returns the process exit code.
-pub async fn run(_args: ProxyArgs, _shutdown: impl Future<Output = ()> + Send) -> Result<u8, ProxyError> {
-    Err(ProxyError::NotBuilt)
+impl ProxyArgs {
+    /// Validates the arguments once into a [`ProxyConfig`].
+    pub fn into_config(self) -> Result<ProxyConfig, ProxyError> {
+        let upstream = Upstream::parse(&self.upstream)?;
+        if self.queue_capacity == 0 {
+            return Err(ProxyError::Config(
+                "--queue-capacity must be at least 1".into(),
+            ));
+        }
+        if self.flush_interval.is_zero() {
+            return Err(ProxyError::Config(
+                "--flush-interval must be positive".into(),
+            ));
+        }
+        let mut config = ProxyConfig::new(self.listen, upstream, self.out);
+        config.admin = self.admin;
+        config.tls_cert = self.tls_cert.zip(self.tls_key);
+        config.upstream_ca = self.upstream_ca;
+        config.insecure_upstream = self.insecure_upstream;
+        config.preserve_host = self.preserve_host;
+        config.connect_timeout = self.connect_timeout;
+        config.first_byte_timeout = self.first_byte_timeout;
+        config.idle_timeout = self.idle_timeout;
+        config.drain_timeout = self.drain_timeout;
+        config.tokenizer = self.tokenizer;
+        config.include_usage = self.include_usage;
+        config.capture_content = self.capture_content;
+        config.max_parse_bytes = usize::try_from(self.max_parse_bytes).unwrap_or(usize::MAX);
+        config.queue_capacity = self.queue_capacity;
+        config.rotate_size_bytes = self.rotate_size;
+        config.rotate_age = self.rotate_age;
+        config.flush_interval = self.flush_interval;
+        Ok(config)
+    }
+}
+
+/// Parses `off` or a socket address for `--admin`.
+pub fn parse_admin(text: &str) -> Result<AdminListen, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(AdminListen::Off);
+    }
+    text.parse::<SocketAddr>()
+        .map(AdminListen::On)
+        .map_err(|err| {
+            format!("`{text}`: expected `off` or an address like 127.0.0.1:9090 ({err})")
+        })
+}
+
+/// Parses a duration: a number followed by `us`, `ms`, `s`, `m` or `h` (`1.5s`, `250ms`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("`{text}`: missing unit (one of us, ms, s, m, h)"))?;
+    let (number, unit) = trimmed.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}`: `{number}` is not a number"))?;
+    let seconds_per_unit = match unit.trim() {
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "`{text}`: unknown unit `{other}` (one of us, ms, s, m, h)"
+            ))
+        }
+    };
+    let seconds = value * seconds_per_unit;
+    if !seconds.is_finite() || seconds > 1e9 {
+        return Err(format!("`{text}`: duration out of range"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Parses a byte size: a number with an optional unit `B`, `KB`, `MB`, `GB` (powers of
+/// 1000) or `KiB`, `MiB`, `GiB` (powers of 1024): `1MiB`, `512KB`, `4096`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}`: `{number}` is not a number"))?;
+    let multiplier: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "`{text}`: unknown unit `{other}` (one of B, KB, MB, GB, KiB, MiB, GiB)"
+            ))
+        }
+    };
+    let bytes = value * multiplier;
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(format!("`{text}`: size out of range"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+/// Runs `retrace proxy` until `shutdown` resolves, then drains (up to `--drain-timeout`),
+/// flushes and closes the recording. Returns the process exit code.
+pub async fn run(
+    args: ProxyArgs,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<u8, ProxyError> {
+    let config = args.into_config()?;
+    let drain = config.drain_timeout;
+    let handle = crate::spawn(config).await?;
+    tracing::info!(listen = %handle.local_addr(), admin = ?handle.admin_addr(), "proxy listening");
+    shutdown.await;
+    tracing::info!("shutting down: draining in-flight requests");
+    let stats = handle.shutdown(drain).await?;
+    tracing::info!(
+        requests = stats.requests_total,
+        rows_written = stats.rows_written,
+        rows_dropped = stats.rows_dropped,
+        "proxy stopped"
+    );
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5m").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("5").unwrap_err().contains("missing unit"));
+        assert!(parse_duration("5 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(parse_duration("xs").is_err());
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
+        assert_eq!(parse_size("512KB").unwrap(), 512_000);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("12 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
+    }
+
+    #[test]
+    fn admin_parses_off_and_addresses() {
+        assert_eq!(parse_admin("off").unwrap(), AdminListen::Off);
+        assert!(matches!(
+            parse_admin("127.0.0.1:0").unwrap(),
+            AdminListen::On(_)
+        ));
+        assert!(parse_admin("localhost").is_err());
+    }
 }

@@ -1,0 +1,695 @@
+//! The hot path: one client request forwarded upstream, both bodies streamed, one row
+//! recorded when it ends (however it ends).
+
+use std::collections::hash_map::RandomState;
+use std::convert::Infallible;
+use std::future::Future;
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use retrace_traces::sse::{is_usage_only, EventSplitter};
+use retrace_traces::{Endpoint, Outcome, StreamObserver};
+use tokio::time::Sleep;
+
+use crate::config::ProxyConfig;
+use crate::connector::UpstreamConnector;
+use crate::record::Recorder;
+use crate::request_info::{self, RequestInfo};
+use crate::row::PendingRow;
+use crate::stats::Stats;
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// State shared by every request.
+pub(crate) struct Shared {
+    pub(crate) config: ProxyConfig,
+    pub(crate) client: Client<UpstreamConnector, ForwardBody>,
+    pub(crate) recorder: Recorder,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) id_hasher: RandomState,
+    pub(crate) id_counter: AtomicU64,
+}
+
+impl Shared {
+    fn next_request_id(&self) -> String {
+        // Keyed SipHash of a counter: unique within a recording, unguessable across them.
+        let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}", self.id_hasher.hash_one(n))
+    }
+}
+
+/// The request body as captured for parsing.
+#[derive(Debug, Default)]
+pub(crate) struct Tee {
+    /// First bytes of the body, up to `max_parse_bytes`.
+    buf: Vec<u8>,
+    /// The body was larger than the cap: not parsed.
+    overflow: bool,
+    /// The body ended.
+    complete: bool,
+    /// Body bytes forwarded.
+    bytes: u64,
+}
+
+/// The request body sent upstream: an optional already-read prefix, then the rest of the
+/// client's body, streamed, with the first bytes copied into the tee.
+pub(crate) struct ForwardBody {
+    prefix: Option<Bytes>,
+    pending: Option<Frame<Bytes>>,
+    rest: Option<Incoming>,
+    tee: Arc<Mutex<Tee>>,
+    copy: bool,
+    cap: usize,
+}
+
+impl Body for ForwardBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(prefix) = this.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        if let Some(frame) = this.pending.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        let Some(rest) = this.rest.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(rest).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if let Ok(mut tee) = this.tee.lock() {
+                        tee.bytes += data.len() as u64;
+                        if this.copy && !tee.overflow {
+                            if tee.buf.len() + data.len() <= this.cap {
+                                tee.buf.extend_from_slice(data);
+                            } else {
+                                tee.overflow = true;
+                                tee.buf = Vec::new();
+                            }
+                        }
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err.into()))),
+            Poll::Ready(None) => {
+                this.rest = None;
+                if let Ok(mut tee) = this.tee.lock() {
+                    tee.complete = true;
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none()
+            && self.pending.is_none()
+            && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let extra = self.prefix.as_ref().map_or(0, |p| p.len() as u64)
+            + self
+                .pending
+                .as_ref()
+                .and_then(|f| f.data_ref())
+                .map_or(0, |d| d.len() as u64);
+        let mut hint = self
+            .rest
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |r| r.size_hint());
+        hint.set_lower(hint.lower() + extra);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + extra);
+        }
+        hint
+    }
+}
+
+/// One request's recording: finished exactly once, by the end of the response, by an
+/// error, or by being dropped (the client went away).
+pub(crate) struct Recording {
+    shared: Arc<Shared>,
+    request_id: String,
+    session_id: Option<String>,
+    arrival: Instant,
+    arrival_us: i64,
+    endpoint: Endpoint,
+    tee: Arc<Mutex<Tee>>,
+    /// Already parsed (with `--include-usage`, before sending).
+    info: Option<RequestInfo>,
+    status: Option<u16>,
+    observer: Option<StreamObserver>,
+    done: bool,
+}
+
+impl Recording {
+    fn offset_us(&self) -> u64 {
+        u64::try_from(self.arrival.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let end_us = self.offset_us();
+        let shared = self.shared.clone();
+        shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        shared.stats.finished(self.status, outcome);
+        // Only moves here: parsing, tokenizing and hashing happen on the writer thread.
+        let (request_bytes, body) = match self.tee.lock() {
+            Ok(mut tee) => {
+                let usable = tee.complete && !tee.overflow;
+                (
+                    Some(tee.bytes),
+                    usable.then(|| std::mem::take(&mut tee.buf)),
+                )
+            }
+            Err(_) => (None, None),
+        };
+        shared.recorder.record(PendingRow {
+            request_id: std::mem::take(&mut self.request_id),
+            session_id: self.session_id.take(),
+            arrival_us: self.arrival_us,
+            endpoint: self.endpoint.clone(),
+            request_bytes,
+            request_body: if self.info.is_some() { None } else { body },
+            info: self.info.take(),
+            status: self.status,
+            outcome,
+            observer: self.observer.take(),
+            end_us,
+        });
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        // Dropped before the end: the client went away (or the proxy shut down hard).
+        self.finish(Outcome::ClientCancelled);
+    }
+}
+
+/// The response body sent to the client.
+pub(crate) enum ProxyBody {
+    /// A short body made by the proxy (errors).
+    Full(Option<Bytes>),
+    /// The upstream's body, observed as it passes.
+    Stream(Box<ResponseBody>),
+}
+
+impl ProxyBody {
+    fn text(text: &'static str) -> ProxyBody {
+        ProxyBody::Full(Some(Bytes::from_static(text.as_bytes())))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Stream(body) => Pin::new(body.as_mut()).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full(bytes) => bytes.is_none(),
+            ProxyBody::Stream(body) => body.finished,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            ProxyBody::Stream(body) if body.strip.is_none() => body.inner.size_hint(),
+            ProxyBody::Stream(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// The upstream's response body on its way to the client.
+pub(crate) struct ResponseBody {
+    inner: Incoming,
+    recording: Recording,
+    idle: Pin<Box<Sleep>>,
+    idle_timeout: Duration,
+    /// Set when the proxy injected `include_usage`: drops the usage-only event.
+    strip: Option<EventSplitter>,
+    finished: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("upstream went silent for longer than the idle timeout")]
+struct IdleTimeout;
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let deadline = tokio::time::Instant::now() + this.idle_timeout;
+                    this.idle.as_mut().reset(deadline);
+                    let Some(data) = frame.data_ref() else {
+                        return Poll::Ready(Some(Ok(frame)));
+                    };
+                    let at_us = this.recording.offset_us();
+                    if let Some(observer) = this.recording.observer.as_mut() {
+                        observer.feed(data, at_us);
+                    }
+                    let Some(splitter) = this.strip.as_mut() else {
+                        return Poll::Ready(Some(Ok(frame)));
+                    };
+                    let mut kept = BytesMut::new();
+                    splitter.push_each(data, |raw, data| {
+                        if !data.is_some_and(is_usage_only) {
+                            kept.extend_from_slice(raw);
+                        }
+                    });
+                    if kept.is_empty() {
+                        continue; // the whole frame was the injected usage event (or partial)
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(kept.freeze()))));
+                }
+                Poll::Ready(Some(Err(err))) => {
+                    this.finished = true;
+                    this.recording.finish(Outcome::UpstreamError);
+                    return Poll::Ready(Some(Err(err.into())));
+                }
+                Poll::Ready(None) => {
+                    this.finished = true;
+                    let tail = this
+                        .strip
+                        .take()
+                        .map(|s| s.remainder().to_vec())
+                        .filter(|r| !r.is_empty());
+                    let ok = this
+                        .recording
+                        .status
+                        .is_some_and(|s| (200..300).contains(&s));
+                    this.recording
+                        .finish(if ok { Outcome::Ok } else { Outcome::HttpError });
+                    return Poll::Ready(tail.map(|t| Ok(Frame::data(Bytes::from(t)))));
+                }
+                Poll::Pending => {
+                    if this.idle.as_mut().poll(cx).is_ready() {
+                        this.finished = true;
+                        this.recording.finish(Outcome::Timeout);
+                        return Poll::Ready(Some(Err(Box::new(IdleTimeout))));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished
+    }
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): the fixed list and every header the
+/// Connection header names.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn append_list(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    let combined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => format!("{existing}, {value}"),
+        _ => value.to_string(),
+    };
+    headers.remove(&name);
+    if let Ok(v) = HeaderValue::from_str(&combined) {
+        headers.insert(name, v);
+    }
+}
+
+fn version_token(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+/// Builds the upstream request's URI and headers in place.
+fn prepare_upstream_head(
+    config: &ProxyConfig,
+    parts: &mut http::request::Parts,
+    peer: SocketAddr,
+    tls: bool,
+) -> Result<(), http::Error> {
+    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let incoming_version = parts.version;
+    strip_hop_by_hop(&mut parts.headers);
+
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let upstream = &config.upstream;
+    parts.uri = Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(format!("{}{}", upstream.base_path, path_and_query))
+        .build()?;
+    parts.version = Version::HTTP_11;
+
+    let client_ip = peer.ip().to_canonical();
+    let proto = if tls { "https" } else { "http" };
+    append_list(
+        &mut parts.headers,
+        HeaderName::from_static("x-forwarded-for"),
+        &client_ip.to_string(),
+    );
+    let for_param = if client_ip.is_ipv6() {
+        format!("for=\"[{client_ip}]\"")
+    } else {
+        format!("for={client_ip}")
+    };
+    let host_param = original_host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .map(|h| format!(";host=\"{h}\""))
+        .unwrap_or_default();
+    append_list(
+        &mut parts.headers,
+        header::FORWARDED,
+        &format!("{for_param};proto={proto}{host_param}"),
+    );
+    append_list(
+        &mut parts.headers,
+        header::VIA,
+        &format!("{} retrace", version_token(incoming_version)),
+    );
+    if !parts.headers.contains_key("x-forwarded-proto") {
+        parts
+            .headers
+            .insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    }
+    if let Some(host) = &original_host {
+        if !parts.headers.contains_key("x-forwarded-host") {
+            parts.headers.insert("x-forwarded-host", host.clone());
+        }
+    }
+    let host = if config.preserve_host {
+        original_host
+    } else {
+        HeaderValue::from_str(upstream.authority.as_str()).ok()
+    };
+    if let Some(host) = host {
+        parts.headers.insert(header::HOST, host);
+    }
+    Ok(())
+}
+
+fn error_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::text(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        if e.to_string().contains("timed out") {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// Handles one client request. Never fails: upstream trouble becomes a 502/504.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    tls: bool,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let arrival = Instant::now();
+    let arrival_us = now_us();
+    shared.stats.requests_total.fetch_add(1, Ordering::Relaxed);
+    shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+    let config = &shared.config;
+    let endpoint = Endpoint::from_path(request.uri().path());
+    let session_id = request
+        .headers()
+        .get("x-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(128).collect());
+    let tee = Arc::new(Mutex::new(Tee::default()));
+    let mut recording = Recording {
+        shared: shared.clone(),
+        request_id: shared.next_request_id(),
+        session_id,
+        arrival,
+        arrival_us,
+        endpoint: endpoint.clone(),
+        tee: tee.clone(),
+        info: None,
+        status: None,
+        observer: None,
+        done: false,
+    };
+
+    let (mut parts, body) = request.into_parts();
+    if let Err(err) = prepare_upstream_head(config, &mut parts, peer, tls) {
+        tracing::debug!(error = %err, "cannot build the upstream request");
+        recording.status = Some(400);
+        recording.finish(Outcome::HttpError);
+        return Ok(error_response(
+            StatusCode::BAD_REQUEST,
+            "retrace proxy: bad request target\n",
+        ));
+    }
+
+    let recognized = !matches!(endpoint, Endpoint::Other(_));
+    let mut strip_usage = false;
+    let forward_body = if config.include_usage && recognized && parts.method == http::Method::POST {
+        // Read ahead up to the cap so the body can be rewritten before it goes upstream.
+        let mut body = body;
+        let mut buf = BytesMut::new();
+        let mut pending = None;
+        let mut ended = body.is_end_stream();
+        while !ended && buf.len() <= config.max_parse_bytes {
+            match body.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => buf.extend_from_slice(&data),
+                    Err(frame) => {
+                        pending = Some(frame);
+                        break;
+                    }
+                },
+                Some(Err(err)) => {
+                    tracing::debug!(error = %err, "client request body failed");
+                    return Ok(error_response(
+                        StatusCode::BAD_REQUEST,
+                        "retrace proxy: request body failed\n",
+                    ));
+                }
+                None => ended = true,
+            }
+        }
+        let mut prefix = buf.freeze();
+        let parsed_whole = ended && pending.is_none() && prefix.len() <= config.max_parse_bytes;
+        if parsed_whole {
+            let info = request_info::parse(&endpoint, &prefix);
+            if let Some(info) = &info {
+                if info.stream && !info.client_asked_usage {
+                    if let Some(rewritten) = request_info::inject_include_usage(&prefix) {
+                        prefix = Bytes::from(rewritten);
+                        strip_usage = true;
+                        parts
+                            .headers
+                            .insert(header::CONTENT_LENGTH, HeaderValue::from(prefix.len()));
+                    }
+                }
+            }
+            recording.info = info;
+        }
+        if let Ok(mut t) = tee.lock() {
+            t.bytes = prefix.len() as u64;
+            t.complete = ended;
+            t.overflow = !parsed_whole;
+        }
+        ForwardBody {
+            prefix: Some(prefix).filter(|p| !p.is_empty()),
+            pending,
+            rest: if ended { None } else { Some(body) },
+            tee: tee.clone(),
+            copy: false,
+            cap: config.max_parse_bytes,
+        }
+    } else {
+        ForwardBody {
+            prefix: None,
+            pending: None,
+            rest: Some(body),
+            tee: tee.clone(),
+            copy: recognized,
+            cap: config.max_parse_bytes,
+        }
+    };
+
+    let upstream_request = Request::from_parts(parts, forward_body);
+    let sent = Instant::now();
+    let result = tokio::time::timeout(
+        config.first_byte_timeout,
+        shared.client.request(upstream_request),
+    )
+    .await;
+    let upstream_us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+    shared.stats.upstream_latency.observe(upstream_us);
+    let response = match result {
+        Ok(Ok(response)) => response,
+        Ok(Err(err)) => {
+            let timeout = is_timeout(&err);
+            tracing::debug!(error = %err, connect = err.is_connect(), "upstream request failed");
+            let (status, outcome, text) = if timeout {
+                (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Outcome::Timeout,
+                    "retrace proxy: upstream timed out\n",
+                )
+            } else {
+                (
+                    StatusCode::BAD_GATEWAY,
+                    Outcome::UpstreamError,
+                    "retrace proxy: upstream unreachable\n",
+                )
+            };
+            recording.status = Some(status.as_u16());
+            recording.finish(outcome);
+            return Ok(error_response(status, text));
+        }
+        Err(_) => {
+            recording.status = Some(StatusCode::GATEWAY_TIMEOUT.as_u16());
+            recording.finish(Outcome::Timeout);
+            return Ok(error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                "retrace proxy: upstream sent no response in time\n",
+            ));
+        }
+    };
+
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let is_success = parts.status.is_success();
+    if strip_usage && is_success {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    } else {
+        strip_usage = false;
+    }
+    recording.status = Some(parts.status.as_u16());
+    let observer_endpoint = if recognized {
+        endpoint
+    } else {
+        Endpoint::Other(String::new())
+    };
+    let mut observer = StreamObserver::new(observer_endpoint);
+    if config.capture_content && recognized {
+        observer = observer.capture_text(config.capture_max_bytes);
+    }
+    recording.observer = Some(observer);
+    let total_us = u64::try_from(arrival.elapsed().as_micros()).unwrap_or(u64::MAX);
+    shared
+        .stats
+        .added_latency
+        .observe(total_us.saturating_sub(upstream_us));
+    let body = ResponseBody {
+        inner: body,
+        recording,
+        idle: Box::pin(tokio::time::sleep(config.idle_timeout)),
+        idle_timeout: config.idle_timeout,
+        strip: strip_usage.then(EventSplitter::new),
+        finished: false,
+    };
+    Ok(Response::from_parts(
+        parts,
+        ProxyBody::Stream(Box::new(body)),
+    ))
+}

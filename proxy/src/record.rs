@@ -1,0 +1,214 @@
+//! The recorder: the hot path hands finished rows to a bounded queue with `try_send` and
+//! never waits; a dedicated thread encodes and writes them. When the queue is full or the
+//! writer fails, rows are dropped and counted, and clients see no change.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use retrace_traces::RequestRow;
+
+use crate::config::SinkFactory;
+use crate::row::{PendingRow, RowContext};
+use crate::stats::Stats;
+
+/// An error of a row sink (the Parquet writer, or a test sink).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SinkError(pub String);
+
+/// Where the writer thread puts rows. The real one is the Parquet writer of `traces`;
+/// tests plug in sinks that block or fail. All calls happen on the writer thread.
+pub trait RowSink: Send {
+    /// Accepts one row (may buffer it).
+    fn push(&mut self, row: RequestRow) -> Result<(), SinkError>;
+    /// Called about every 100 ms: flush on the flush interval, rotate files.
+    fn tick(&mut self) -> Result<(), SinkError>;
+    /// Rows accepted but not yet durable (lost if the sink fails now).
+    fn buffered_rows(&self) -> u64;
+    /// Bytes written to disk so far, all files together.
+    fn bytes_written(&self) -> u64;
+    /// Flushes everything and closes the files.
+    fn close(self: Box<Self>) -> Result<(), SinkError>;
+}
+
+enum Message {
+    Row(Box<PendingRow>),
+    Shutdown,
+}
+
+/// The hot-path side of the recorder. Cheap to share.
+pub(crate) struct Recorder {
+    sender: SyncSender<Message>,
+    stats: Arc<Stats>,
+    warned_full: AtomicBool,
+}
+
+/// The writer thread, joined on shutdown.
+pub(crate) struct WriterThread {
+    sender: SyncSender<Message>,
+    handle: JoinHandle<()>,
+}
+
+const TICK: Duration = Duration::from_millis(100);
+const RETRY_CREATE: Duration = Duration::from_secs(2);
+
+impl Recorder {
+    /// Starts the writer thread. The first sink is created here so that a broken output
+    /// directory is reported at start, not silently.
+    pub(crate) fn start(
+        factory: SinkFactory,
+        capacity: usize,
+        stats: Arc<Stats>,
+        context: RowContext,
+    ) -> Result<(Recorder, WriterThread), SinkError> {
+        let first = factory()?;
+        let (sender, receiver) = mpsc::sync_channel(capacity);
+        let thread_stats = stats.clone();
+        let handle = std::thread::Builder::new()
+            .name("retrace-proxy-writer".into())
+            .spawn(move || writer_loop(receiver, factory, Some(first), thread_stats, context))
+            .map_err(|err| SinkError(format!("cannot start the writer thread: {err}")))?;
+        Ok((
+            Recorder {
+                sender: sender.clone(),
+                stats,
+                warned_full: AtomicBool::new(false),
+            },
+            WriterThread { sender, handle },
+        ))
+    }
+
+    /// Queues a row without waiting. A full queue or a stopped writer drops it (counted,
+    /// logged once).
+    pub(crate) fn record(&self, row: PendingRow) {
+        match self.sender.try_send(Message::Row(Box::new(row))) {
+            Ok(()) => {
+                self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.stats.rows_dropped.fetch_add(1, Ordering::Relaxed);
+                if !self.warned_full.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "recording queue full or writer stopped: dropping rows (counted in \
+                         retrace_proxy_rows_dropped_total); traffic is not affected"
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl WriterThread {
+    /// Tells the writer to write what is queued, close its files and stop; waits for it.
+    /// Blocking: call from a blocking context.
+    pub(crate) fn stop(self) {
+        // Every row queued before this message is written first (the queue is FIFO).
+        let _ = self.sender.send(Message::Shutdown);
+        drop(self.sender);
+        if self.handle.join().is_err() {
+            tracing::error!("the recording writer thread panicked");
+        }
+    }
+}
+
+fn writer_loop(
+    receiver: Receiver<Message>,
+    factory: SinkFactory,
+    mut sink: Option<Box<dyn RowSink>>,
+    stats: Arc<Stats>,
+    context: RowContext,
+) {
+    let mut last_tick = Instant::now();
+    let mut last_create_attempt = Instant::now();
+    let mut warned_error = false;
+    let mut fail = |sink: &mut Option<Box<dyn RowSink>>, err: SinkError, stats: &Stats| {
+        // The failed sink's buffered rows are lost: count them, drop the sink, retry later.
+        if let Some(failed) = sink.take() {
+            stats
+                .rows_dropped
+                .fetch_add(failed.buffered_rows(), Ordering::Relaxed);
+            let _ = stats
+                .rows_written
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(failed.buffered_rows()))
+                });
+            stats
+                .bytes_written_closed
+                .fetch_add(failed.bytes_written(), Ordering::Relaxed);
+        }
+        stats.write_errors.fetch_add(1, Ordering::Relaxed);
+        if !warned_error {
+            tracing::error!(error = %err, "recording write failed: dropping rows until a new file can be created");
+            warned_error = true;
+        }
+    };
+    loop {
+        let message = receiver.recv_timeout(TICK);
+        match message {
+            Ok(Message::Row(row)) => {
+                stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                if sink.is_none() && last_create_attempt.elapsed() >= RETRY_CREATE {
+                    last_create_attempt = Instant::now();
+                    match factory() {
+                        Ok(new_sink) => {
+                            tracing::info!("recording resumed in a new file");
+                            sink = Some(new_sink);
+                        }
+                        Err(err) => {
+                            tracing::debug!(error = %err, "cannot create a new recording file yet")
+                        }
+                    }
+                }
+                match sink.as_mut() {
+                    Some(active) => match active.push(row.build(&context)) {
+                        Ok(()) => {
+                            stats.rows_written.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(err) => {
+                            stats.rows_dropped.fetch_add(1, Ordering::Relaxed);
+                            fail(&mut sink, err, &stats);
+                            last_create_attempt = Instant::now();
+                        }
+                    },
+                    None => {
+                        stats.rows_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Ok(Message::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        if last_tick.elapsed() >= TICK {
+            last_tick = Instant::now();
+            if let Some(active) = sink.as_mut() {
+                if let Err(err) = active.tick() {
+                    fail(&mut sink, err, &stats);
+                    last_create_attempt = Instant::now();
+                }
+            }
+            if let Some(active) = sink.as_ref() {
+                stats
+                    .bytes_written_open
+                    .store(active.bytes_written(), Ordering::Relaxed);
+            }
+        }
+    }
+    if let Some(active) = sink.take() {
+        let buffered = active.buffered_rows();
+        let bytes = active.bytes_written();
+        match active.close() {
+            Ok(()) => {}
+            Err(err) => {
+                stats.rows_dropped.fetch_add(buffered, Ordering::Relaxed);
+                tracing::error!(error = %err, "closing the recording failed");
+            }
+        }
+        stats.bytes_written_open.store(0, Ordering::Relaxed);
+        stats
+            .bytes_written_closed
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+}
