@@ -1,0 +1,532 @@
+//! Streaming aggregation of a run: constant memory per window (HDR histograms and sums),
+//! no row is kept. Fed one compact [`Rec`] per result row and one call per sample.
+
+use std::collections::{BTreeMap, HashMap};
+
+use hdrhistogram::Histogram;
+use retrace_traces::{ErrorKind, SampleSource};
+
+/// Error kinds in a fixed order (index = position in per-window error arrays).
+pub(crate) const ERROR_KINDS: [ErrorKind; 6] = [
+    ErrorKind::Connect,
+    ErrorKind::Timeout,
+    ErrorKind::HttpStatus,
+    ErrorKind::BrokenStream,
+    ErrorKind::Cancelled,
+    ErrorKind::Other,
+];
+
+pub(crate) fn kind_index(kind: ErrorKind) -> usize {
+    match kind {
+        ErrorKind::Connect => 0,
+        ErrorKind::Timeout => 1,
+        ErrorKind::HttpStatus => 2,
+        ErrorKind::BrokenStream => 3,
+        ErrorKind::Cancelled => 4,
+        ErrorKind::Other => 5,
+    }
+}
+
+/// Index of `Cancelled` in [`ERROR_KINDS`]: excluded from the server error rate.
+pub(crate) const CANCELLED: usize = 4;
+
+/// Number of prompt-length bins (quarter powers of two up to 2^25 tokens).
+pub(crate) const PROMPT_BINS: usize = 100;
+
+pub(crate) fn prompt_bin(tokens: u32) -> usize {
+    // 4 bins per doubling: floor(4·log2(t+1)), via the bit length and the next two bits.
+    let v = u64::from(tokens) + 1;
+    let lz = 63 - v.leading_zeros() as usize;
+    let frac = if lz >= 2 {
+        ((v >> (lz - 2)) & 0b11) as usize
+    } else {
+        ((v << (2 - lz)) & 0b11) as usize
+    };
+    (lz * 4 + frac).min(PROMPT_BINS - 1)
+}
+
+/// Lower edge (tokens) of a prompt bin.
+pub(crate) fn prompt_bin_low(bin: usize) -> f64 {
+    let lz = bin / 4;
+    let frac = bin % 4;
+    let v = (1u64 << lz) as f64 * (1.0 + frac as f64 / 4.0);
+    (v - 1.0).max(0.0)
+}
+
+fn window_hist() -> Histogram<u32> {
+    // 2 significant figures: ~1% error, ~10 KB per histogram; auto-resizes past 64 s.
+    let mut h = Histogram::new_with_bounds(1, 1 << 26, 2).expect("static bounds are valid");
+    h.auto(true);
+    h
+}
+
+pub(crate) fn run_hist() -> Histogram<u64> {
+    let mut h = Histogram::new_with_bounds(1, 1 << 26, 3).expect("static bounds are valid");
+    h.auto(true);
+    h
+}
+
+/// Records into a lazily allocated histogram (windows without a metric cost nothing).
+#[inline]
+fn rec32(h: &mut Option<Histogram<u32>>, v: u64) {
+    let h = h.get_or_insert_with(window_hist);
+    // Values past i64::MAX/2 cannot be tracked; they are absurd for µs anyway.
+    let _ = h.record(v.max(1));
+}
+
+#[inline]
+fn rec64(h: &mut Histogram<u64>, v: u64) {
+    let _ = h.record(v.max(1));
+}
+
+/// One result row, as the hot loop sees it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Rec {
+    pub intended_send_us: i64,
+    pub lateness_us: i64,
+    pub in_flight_at_send: u32,
+    pub prompt_tokens: u32,
+    pub output_tokens: Option<u32>,
+    pub error: Option<ErrorKind>,
+    /// The error comes from the client (its own connect failure, not the server's).
+    pub client_side_error: bool,
+    /// TTFT on the chosen basis (intended or actual send).
+    pub ttft_us: Option<u64>,
+    /// E2E on the chosen basis.
+    pub e2e_us: Option<u64>,
+    pub tpot_us: Option<f64>,
+    pub itl_p50_us: Option<u64>,
+    pub itl_count: u32,
+    /// Index into [`Agg::levels`].
+    pub level: usize,
+}
+
+/// Mean/min/max accumulator for sampled gauges.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Acc {
+    pub sum: f64,
+    pub n: u32,
+    pub max: f64,
+    pub min: f64,
+}
+
+impl Acc {
+    pub(crate) fn add(&mut self, v: f64) {
+        if self.n == 0 {
+            self.max = v;
+            self.min = v;
+        } else {
+            self.max = self.max.max(v);
+            self.min = self.min.min(v);
+        }
+        self.sum += v;
+        self.n += 1;
+    }
+
+    pub(crate) fn mean(&self) -> Option<f64> {
+        (self.n > 0).then(|| self.sum / f64::from(self.n))
+    }
+
+    pub(crate) fn merge(&mut self, o: &Acc) {
+        if o.n == 0 {
+            return;
+        }
+        if self.n == 0 {
+            *self = *o;
+        } else {
+            self.sum += o.sum;
+            self.n += o.n;
+            self.max = self.max.max(o.max);
+            self.min = self.min.min(o.min);
+        }
+    }
+}
+
+/// Everything kept per window.
+#[derive(Debug, Default)]
+pub(crate) struct Window {
+    pub requests: u64,
+    pub ok: u64,
+    pub errors: [u64; 6],
+    pub prompt_tokens: u64,
+    pub output_tokens: u64,
+    pub ttft: Option<Histogram<u32>>,
+    pub tpot: Option<Histogram<u32>>,
+    pub itl: Option<Histogram<u32>>,
+    pub e2e: Option<Histogram<u32>>,
+    pub in_flight_sum: u64,
+    pub lateness_max_us: i64,
+    pub queue: Acc,
+    pub running: Acc,
+    pub kv: Acc,
+    pub preemptions: Acc,
+}
+
+/// Per load level (or phase) of a ramp, step or spike run.
+#[derive(Debug)]
+pub(crate) struct Level {
+    pub phase: Option<String>,
+    pub load_level: f64,
+    pub requests: u64,
+    pub ok: u64,
+    pub errors: [u64; 6],
+    pub first_send_us: i64,
+    pub last_send_us: i64,
+    pub last_end_us: i64,
+    pub output_tokens: u64,
+    pub in_flight_sum: u64,
+    pub ttft: Histogram<u64>,
+    pub tpot: Histogram<u64>,
+    pub itl: Histogram<u64>,
+    pub e2e: Histogram<u64>,
+}
+
+/// A memory series: (name, labels, source).
+pub(crate) type SeriesKey = (String, String, &'static str);
+
+/// The aggregate of one run.
+#[derive(Debug)]
+pub(crate) struct Agg {
+    pub window_us: i64,
+    /// Absolute index (time / window) of `windows[0]`.
+    pub base: i64,
+    pub windows: Vec<Window>,
+    pub requests: u64,
+    pub ok: u64,
+    pub errors: [u64; 6],
+    pub client_side_errors: u64,
+    pub first_send_us: i64,
+    pub last_send_us: i64,
+    pub last_end_us: i64,
+    pub prompt_tokens_total: u64,
+    pub output_tokens_total: u64,
+    pub ttft: Histogram<u64>,
+    pub tpot: Histogram<u64>,
+    pub itl: Histogram<u64>,
+    pub e2e: Histogram<u64>,
+    pub lateness: Histogram<u64>,
+    pub prompt_tokens: Histogram<u64>,
+    pub output_tokens: Histogram<u64>,
+    pub in_flight: Histogram<u64>,
+    pub queue_depth: Histogram<u64>,
+    pub kv_peak: Option<f64>,
+    pub preemptions: Acc,
+    pub prompt_ttft: Vec<Option<Histogram<u64>>>,
+    pub levels: Vec<Level>,
+    level_index: HashMap<(Option<String>, u64), usize>,
+    /// Per-second send counts (burstiness), from `sec_base`.
+    pub per_second: Vec<u32>,
+    pub sec_base: i64,
+    pub memory: BTreeMap<SeriesKey, BTreeMap<i64, Acc>>,
+    pub samples: u64,
+}
+
+/// Sample names read as memory series.
+pub(crate) const MEMORY_NAMES: &[&str] = &[
+    "rss_bytes",
+    "server_rss_bytes",
+    "process_resident_memory_bytes",
+    "gpu_memory_used_bytes",
+];
+
+impl Agg {
+    pub(crate) fn new(window_us: i64) -> Agg {
+        Agg {
+            window_us: window_us.max(1),
+            base: 0,
+            windows: Vec::new(),
+            requests: 0,
+            ok: 0,
+            errors: [0; 6],
+            client_side_errors: 0,
+            first_send_us: i64::MAX,
+            last_send_us: i64::MIN,
+            last_end_us: i64::MIN,
+            prompt_tokens_total: 0,
+            output_tokens_total: 0,
+            ttft: run_hist(),
+            tpot: run_hist(),
+            itl: run_hist(),
+            e2e: run_hist(),
+            lateness: run_hist(),
+            prompt_tokens: run_hist(),
+            output_tokens: run_hist(),
+            in_flight: run_hist(),
+            queue_depth: run_hist(),
+            kv_peak: None,
+            preemptions: Acc::default(),
+            prompt_ttft: (0..PROMPT_BINS).map(|_| None).collect(),
+            levels: Vec::new(),
+            level_index: HashMap::new(),
+            per_second: Vec::new(),
+            sec_base: 0,
+            memory: BTreeMap::new(),
+            samples: 0,
+        }
+    }
+
+    /// Index of a (phase, load level), creating it on first sight.
+    pub(crate) fn level(&mut self, phase: Option<&str>, load_level: f64) -> usize {
+        let key = (phase.map(str::to_string), load_level.to_bits());
+        if let Some(&i) = self.level_index.get(&key) {
+            return i;
+        }
+        let i = self.levels.len();
+        self.levels.push(Level {
+            phase: key.0.clone(),
+            load_level,
+            requests: 0,
+            ok: 0,
+            errors: [0; 6],
+            first_send_us: i64::MAX,
+            last_send_us: i64::MIN,
+            last_end_us: i64::MIN,
+            output_tokens: 0,
+            in_flight_sum: 0,
+            ttft: run_hist(),
+            tpot: run_hist(),
+            itl: run_hist(),
+            e2e: run_hist(),
+        });
+        self.level_index.insert(key, i);
+        i
+    }
+
+    /// The window holding time `t_us`, growing the window vector as needed.
+    #[inline]
+    fn window_mut(&mut self, t_us: i64) -> &mut Window {
+        let idx = t_us.div_euclid(self.window_us);
+        if self.windows.is_empty() {
+            self.base = idx;
+        }
+        if idx < self.base {
+            let extra = (self.base - idx) as usize;
+            let mut front: Vec<Window> = (0..extra).map(|_| Window::default()).collect();
+            front.append(&mut self.windows);
+            self.windows = front;
+            self.base = idx;
+        }
+        let pos = (idx - self.base) as usize;
+        if pos >= self.windows.len() {
+            self.windows.resize_with(pos + 1, Window::default);
+        }
+        &mut self.windows[pos]
+    }
+
+    #[inline]
+    fn count_second(&mut self, t_us: i64) {
+        let sec = t_us.div_euclid(1_000_000);
+        if self.per_second.is_empty() {
+            self.sec_base = sec;
+        }
+        if sec < self.sec_base {
+            let extra = (self.sec_base - sec) as usize;
+            let mut front = vec![0u32; extra];
+            front.append(&mut self.per_second);
+            self.per_second = front;
+            self.sec_base = sec;
+        }
+        let pos = (sec - self.sec_base) as usize;
+        if pos >= self.per_second.len() {
+            self.per_second.resize(pos + 1, 0);
+        }
+        self.per_second[pos] += 1;
+    }
+
+    /// Adds one result row.
+    #[inline]
+    pub(crate) fn push(&mut self, r: &Rec) {
+        let t = r.intended_send_us;
+        self.count_second(t);
+        self.requests += 1;
+        self.first_send_us = self.first_send_us.min(t);
+        self.last_send_us = self.last_send_us.max(t);
+        if let Some(e2e) = r.e2e_us {
+            self.last_end_us = self.last_end_us.max(t.saturating_add(e2e as i64));
+        }
+        self.prompt_tokens_total += u64::from(r.prompt_tokens);
+        rec64(&mut self.prompt_tokens, u64::from(r.prompt_tokens));
+        rec64(&mut self.in_flight, u64::from(r.in_flight_at_send));
+        rec64(&mut self.lateness, r.lateness_us.max(0) as u64);
+        let ok = r.error.is_none();
+        if let Some(kind) = r.error {
+            self.errors[kind_index(kind)] += 1;
+            if r.client_side_error {
+                self.client_side_errors += 1;
+            }
+        } else {
+            self.ok += 1;
+        }
+        if let Some(out) = r.output_tokens {
+            self.output_tokens_total += u64::from(out);
+            if ok {
+                rec64(&mut self.output_tokens, u64::from(out));
+            }
+        }
+        if ok {
+            if let Some(v) = r.ttft_us {
+                rec64(&mut self.ttft, v);
+                let bin = prompt_bin(r.prompt_tokens);
+                rec64(self.prompt_ttft[bin].get_or_insert_with(run_hist), v);
+            }
+            if let Some(v) = r.e2e_us {
+                rec64(&mut self.e2e, v);
+            }
+            if let Some(v) = r.tpot_us {
+                rec64(&mut self.tpot, v.round().max(0.0) as u64);
+            }
+            if let Some(v) = r.itl_p50_us {
+                if r.itl_count > 0 {
+                    let _ = self.itl.record_n(v.max(1), u64::from(r.itl_count));
+                }
+            }
+        }
+        {
+            let lvl = &mut self.levels[r.level];
+            lvl.requests += 1;
+            lvl.first_send_us = lvl.first_send_us.min(t);
+            lvl.last_send_us = lvl.last_send_us.max(t);
+            lvl.in_flight_sum += u64::from(r.in_flight_at_send);
+            if let Some(kind) = r.error {
+                lvl.errors[kind_index(kind)] += 1;
+            } else {
+                lvl.ok += 1;
+                lvl.output_tokens += u64::from(r.output_tokens.unwrap_or(0));
+                if let Some(v) = r.ttft_us {
+                    rec64(&mut lvl.ttft, v);
+                }
+                if let Some(v) = r.e2e_us {
+                    rec64(&mut lvl.e2e, v);
+                    lvl.last_end_us = lvl.last_end_us.max(t.saturating_add(v as i64));
+                }
+                if let Some(v) = r.tpot_us {
+                    rec64(&mut lvl.tpot, v.round().max(0.0) as u64);
+                }
+                if let (Some(v), true) = (r.itl_p50_us, r.itl_count > 0) {
+                    let _ = lvl.itl.record_n(v.max(1), u64::from(r.itl_count));
+                }
+            }
+        }
+        let w = self.window_mut(t);
+        w.requests += 1;
+        w.prompt_tokens += u64::from(r.prompt_tokens);
+        w.output_tokens += u64::from(r.output_tokens.unwrap_or(0));
+        w.in_flight_sum += u64::from(r.in_flight_at_send);
+        w.lateness_max_us = w.lateness_max_us.max(r.lateness_us);
+        if let Some(kind) = r.error {
+            w.errors[kind_index(kind)] += 1;
+        } else {
+            w.ok += 1;
+            if let Some(v) = r.ttft_us {
+                rec32(&mut w.ttft, v);
+            }
+            if let Some(v) = r.e2e_us {
+                rec32(&mut w.e2e, v);
+            }
+            if let Some(v) = r.tpot_us {
+                rec32(&mut w.tpot, v.round().max(0.0) as u64);
+            }
+            if let (Some(v), true) = (r.itl_p50_us, r.itl_count > 0) {
+                let h = w.itl.get_or_insert_with(window_hist);
+                let _ = h.record_n(v.max(1), r.itl_count);
+            }
+        }
+    }
+
+    /// Adds one sample.
+    pub(crate) fn push_sample(
+        &mut self,
+        time_us: i64,
+        source: SampleSource,
+        name: &str,
+        labels: &str,
+        value: f64,
+    ) {
+        if !value.is_finite() {
+            return;
+        }
+        self.samples += 1;
+        match name {
+            "queue_depth" | "waiting" | "num_requests_waiting" => {
+                rec64(&mut self.queue_depth, value.round().max(0.0) as u64);
+                self.window_mut(time_us).queue.add(value);
+            }
+            "running" | "num_requests_running" => self.window_mut(time_us).running.add(value),
+            "kv_cache_usage" | "gpu_cache_usage_perc" => {
+                // vLLM reports a fraction; accept a percentage too.
+                let v = if value > 1.0 { value / 100.0 } else { value };
+                self.kv_peak = Some(self.kv_peak.map_or(v, |p| p.max(v)));
+                self.window_mut(time_us).kv.add(v);
+            }
+            "preemptions_total" | "num_preemptions_total" => {
+                self.preemptions.add(value);
+                self.window_mut(time_us).preemptions.add(value);
+            }
+            _ if MEMORY_NAMES.contains(&name) => {
+                let idx = time_us.div_euclid(self.window_us);
+                // Make sure the window exists so the time axis covers it.
+                let _ = self.window_mut(time_us);
+                self.memory
+                    .entry((name.to_string(), labels.to_string(), source.as_str()))
+                    .or_default()
+                    .entry(idx)
+                    .or_default()
+                    .add(value);
+            }
+            _ => {}
+        }
+    }
+
+    /// Start time (µs) of window `pos`.
+    pub(crate) fn window_start_us(&self, pos: usize) -> i64 {
+        (self.base + pos as i64) * self.window_us
+    }
+
+    /// Earliest time seen (first send, or first window when only samples exist).
+    pub(crate) fn start_us(&self) -> i64 {
+        if self.requests > 0 {
+            self.first_send_us
+        } else {
+            self.window_start_us(0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn prompt_bins_are_monotonic_quarter_doublings() {
+        let mut last = 0;
+        for t in [0u32, 1, 2, 3, 10, 100, 1000, 4000, 100_000, u32::MAX] {
+            let b = prompt_bin(t);
+            assert!(b >= last, "{t} -> {b}");
+            assert!(b < PROMPT_BINS);
+            last = b;
+        }
+        assert!(prompt_bin(1000) > prompt_bin(700));
+        let b = prompt_bin(1000);
+        assert!(prompt_bin_low(b) <= 1000.0 && prompt_bin_low(b + 1) > 1000.0);
+    }
+
+    #[test]
+    fn windows_grow_both_ways() {
+        let mut agg = Agg::new(60_000_000);
+        let lvl = agg.level(None, 1.0);
+        for t in [120_000_000i64, 0, 600_000_000] {
+            agg.push(&Rec {
+                intended_send_us: t,
+                level: lvl,
+                ttft_us: Some(1000),
+                ..Rec::default()
+            });
+        }
+        assert_eq!(agg.windows.len(), 11);
+        assert_eq!(agg.base, 0);
+        assert_eq!(agg.windows[2].requests, 1);
+        assert_eq!(agg.windows[10].requests, 1);
+        assert_eq!(agg.requests, 3);
+    }
+}
