@@ -22,9 +22,12 @@ pub mod write;
 pub use error::TracesError;
 pub use metrics::GapSummary;
 pub use observe::{Observation, StreamObserver};
+pub use read::{batches, expand_inputs, file_meta, read_all, read_rows, RowIter};
 pub use rows::{
     Endpoint, ErrorKind, Outcome, RequestRow, ResultRow, SampleRow, SampleSource, TokenSource,
 };
+pub use schema::{FileMeta, Row};
+pub use write::{recover_dir, write_file, RecoveryReport, RowWriter, WriterOptions};
 
 /// Version of the on-disk schemas. Bumped on any incompatible change; readers refuse
 /// files with a newer major version and name the file.

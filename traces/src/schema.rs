@@ -1,1 +1,982 @@
-//! schema (being built).
+//! Versioned Arrow schemas of the three row kinds, and their conversions to and from Arrow
+//! record batches. `docs/schema.md` documents every column.
+//!
+//! Conventions: enums are stored as UTF-8 strings (the `as_str()` of `rows.rs`), optional
+//! fields are nullable columns, the ITL summary is flattened into `itl_*` columns, and
+//! `prefix_hashes` is a `List<UInt64>`. Readers accept older or newer files of the same
+//! major version: a missing *nullable* column reads as all-null, unknown columns are
+//! ignored, strings may be dictionary-encoded and integers may be of any integer width.
+
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder, UInt16Builder,
+    UInt32Builder, UInt64Builder,
+};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type,
+    UInt64Type, UInt8Type,
+};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+
+use crate::rows::{
+    Endpoint, ErrorKind, Outcome, RequestRow, ResultRow, SampleRow, SampleSource, TokenSource,
+};
+use crate::{GapSummary, TracesError, SCHEMA_VERSION};
+
+/// Metadata key holding the row kind (`request`, `result`, `sample`).
+pub const META_SCHEMA: &str = "retrace.schema";
+/// Metadata key holding the schema version (`major.minor`).
+pub const META_SCHEMA_VERSION: &str = "retrace.schema_version";
+/// Metadata key holding the program that wrote the file.
+pub const META_PRODUCER: &str = "retrace.producer";
+/// Metadata key holding the prefix block size, in tokens.
+pub const META_PREFIX_BLOCK_TOKENS: &str = "retrace.prefix_block_tokens";
+/// Metadata key holding the recording start, UTC µs.
+pub const META_START_US: &str = "retrace.start_us";
+/// Metadata key holding the host that recorded.
+pub const META_HOST: &str = "retrace.host";
+
+/// One row kind with its versioned Arrow schema.
+pub trait Row: Sized + Send + 'static {
+    /// `request`, `result` or `sample`: stored as `retrace.schema`.
+    const KIND: &'static str;
+    /// The Arrow schema, with metadata `retrace.schema` and `retrace.schema_version`.
+    fn schema() -> SchemaRef;
+    /// Converts rows to one record batch of [`Row::schema`].
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch, TracesError>;
+    /// Converts a record batch back to rows. Errors name the column; missing nullable
+    /// columns read as nulls.
+    fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>, TracesError>;
+    /// The merge key: `arrival_us`, `intended_send_us` or `time_us`.
+    fn time_us(&self) -> i64;
+}
+
+/// File-level metadata, stored as Parquet key-value metadata.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FileMeta {
+    /// The program that wrote the file (e.g. `retrace-proxy 0.1.0`).
+    pub producer: String,
+    /// Prefix block size in tokens, for files with `prefix_hashes`.
+    pub prefix_block_tokens: Option<u32>,
+    /// When the recording started, UTC µs.
+    pub start_us: Option<i64>,
+    /// The host that recorded.
+    pub host: Option<String>,
+    /// Other keys, written verbatim.
+    pub extra: Vec<(String, String)>,
+}
+
+impl FileMeta {
+    /// The key-value pairs written for a file of `kind`, retrace keys first.
+    pub fn to_key_values(&self, kind: &str) -> Vec<(String, String)> {
+        let mut kv = vec![
+            (META_SCHEMA.to_string(), kind.to_string()),
+            (META_SCHEMA_VERSION.to_string(), SCHEMA_VERSION.to_string()),
+            (META_PRODUCER.to_string(), self.producer.clone()),
+        ];
+        if let Some(tokens) = self.prefix_block_tokens {
+            kv.push((META_PREFIX_BLOCK_TOKENS.to_string(), tokens.to_string()));
+        }
+        if let Some(start) = self.start_us {
+            kv.push((META_START_US.to_string(), start.to_string()));
+        }
+        if let Some(host) = &self.host {
+            kv.push((META_HOST.to_string(), host.clone()));
+        }
+        for (k, v) in &self.extra {
+            kv.push((k.clone(), v.clone()));
+        }
+        kv
+    }
+
+    /// Parses key-value pairs back into `(kind, FileMeta)`. Keys other than the retrace
+    /// ones (and `ARROW:schema`) land in `extra`. `kind` is `None` when the file has no
+    /// `retrace.schema` key. Errors are plain messages; the caller adds the path.
+    pub fn from_key_values<'a>(
+        kvs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<(Option<String>, Option<String>, FileMeta), String> {
+        let mut kind = None;
+        let mut version = None;
+        let mut meta = FileMeta::default();
+        for (k, v) in kvs {
+            match k {
+                META_SCHEMA => kind = Some(v.to_string()),
+                META_SCHEMA_VERSION => version = Some(v.to_string()),
+                META_PRODUCER => meta.producer = v.to_string(),
+                META_PREFIX_BLOCK_TOKENS => {
+                    meta.prefix_block_tokens = Some(v.parse().map_err(|_| {
+                        format!("metadata `{META_PREFIX_BLOCK_TOKENS}`: not a u32: {v:?}")
+                    })?)
+                }
+                META_START_US => {
+                    meta.start_us =
+                        Some(v.parse().map_err(|_| {
+                            format!("metadata `{META_START_US}`: not an i64: {v:?}")
+                        })?)
+                }
+                META_HOST => meta.host = Some(v.to_string()),
+                "ARROW:schema" => {}
+                _ => meta.extra.push((k.to_string(), v.to_string())),
+            }
+        }
+        Ok((kind, version, meta))
+    }
+}
+
+/// Checks that a stored schema version can be read by this build: the major version must
+/// not be newer than ours. Returns a plain message; the caller adds the path.
+pub fn check_version(stored: &str) -> Result<(), String> {
+    let major = |v: &str| -> Option<u32> { v.split('.').next()?.trim().parse().ok() };
+    let ours = major(SCHEMA_VERSION).unwrap_or(1);
+    match major(stored) {
+        Some(theirs) if theirs <= ours => Ok(()),
+        Some(theirs) => Err(format!(
+            "schema version {stored} (major {theirs}) is newer than this retrace understands \
+             ({SCHEMA_VERSION}); upgrade retrace to read it"
+        )),
+        None => Err(format!("unreadable schema version {stored:?}")),
+    }
+}
+
+fn schema_with(kind: &str, fields: Vec<Field>) -> SchemaRef {
+    let metadata = [
+        (META_SCHEMA.to_string(), kind.to_string()),
+        (META_SCHEMA_VERSION.to_string(), SCHEMA_VERSION.to_string()),
+    ]
+    .into_iter()
+    .collect();
+    Arc::new(Schema::new_with_metadata(fields, metadata))
+}
+
+fn f(name: &str, data_type: DataType, nullable: bool) -> Field {
+    Field::new(name, data_type, nullable)
+}
+
+fn prefix_hashes_type() -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::UInt64, false)))
+}
+
+fn itl_fields() -> [Field; 5] {
+    [
+        f("itl_count", DataType::UInt32, true),
+        f("itl_mean_us", DataType::UInt64, true),
+        f("itl_p50_us", DataType::UInt64, true),
+        f("itl_p99_us", DataType::UInt64, true),
+        f("itl_max_us", DataType::UInt64, true),
+    ]
+}
+
+fn bad(column: &str, message: impl std::fmt::Display) -> TracesError {
+    TracesError::Arrow(arrow_schema::ArrowError::SchemaError(format!(
+        "column `{column}`: {message}"
+    )))
+}
+
+// ---------------------------------------------------------------------------------------
+// Column readers tolerant of type variations (any integer width, dictionary strings).
+
+/// A string column, plain or dictionary-encoded.
+enum StrCol<'a> {
+    Utf8(&'a arrow_array::StringArray),
+    Large(&'a arrow_array::LargeStringArray),
+    View(&'a arrow_array::StringViewArray),
+    Dict {
+        keys: Vec<usize>,
+        nulls: Option<arrow_buffer::NullBuffer>,
+        values: Box<StrCol<'a>>,
+    },
+    Missing,
+}
+
+impl<'a> StrCol<'a> {
+    fn new(array: &'a ArrayRef, name: &str) -> Result<Self, TracesError> {
+        Ok(match array.data_type() {
+            DataType::Utf8 => StrCol::Utf8(array.as_string::<i32>()),
+            DataType::LargeUtf8 => StrCol::Large(array.as_string::<i64>()),
+            DataType::Utf8View => StrCol::View(array.as_string_view()),
+            DataType::Dictionary(_, _) => {
+                let dict = array
+                    .as_any_dictionary_opt()
+                    .ok_or_else(|| bad(name, "unreadable dictionary"))?;
+                let values = StrCol::new(dict.values(), name)?;
+                StrCol::Dict {
+                    keys: dict.normalized_keys(),
+                    nulls: array.logical_nulls(),
+                    values: Box::new(values),
+                }
+            }
+            other => {
+                return Err(bad(
+                    name,
+                    format!("expected a string column, found {other}"),
+                ))
+            }
+        })
+    }
+
+    fn get(&self, i: usize) -> Option<&str> {
+        match self {
+            StrCol::Utf8(a) => a.is_valid(i).then(|| a.value(i)),
+            StrCol::Large(a) => a.is_valid(i).then(|| a.value(i)),
+            StrCol::View(a) => a.is_valid(i).then(|| a.value(i)),
+            StrCol::Dict {
+                keys,
+                nulls,
+                values,
+            } => {
+                if nulls.as_ref().is_some_and(|n| n.is_null(i)) {
+                    None
+                } else {
+                    values.get(*keys.get(i)?)
+                }
+            }
+            StrCol::Missing => None,
+        }
+    }
+}
+
+/// An integer column of any width, read as i128 so every conversion is range-checked.
+struct IntCol<'a> {
+    array: Option<&'a ArrayRef>,
+}
+
+impl<'a> IntCol<'a> {
+    fn new(array: &'a ArrayRef, name: &str) -> Result<Self, TracesError> {
+        match array.data_type() {
+            DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+            | DataType::Null => Ok(IntCol { array: Some(array) }),
+            other => Err(bad(
+                name,
+                format!("expected an integer column, found {other}"),
+            )),
+        }
+    }
+
+    fn get(&self, i: usize) -> Option<i128> {
+        let a = self.array?;
+        if a.is_null(i) {
+            return None;
+        }
+        Some(match a.data_type() {
+            DataType::Int8 => a.as_primitive::<Int8Type>().value(i).into(),
+            DataType::Int16 => a.as_primitive::<Int16Type>().value(i).into(),
+            DataType::Int32 => a.as_primitive::<Int32Type>().value(i).into(),
+            DataType::Int64 => a.as_primitive::<Int64Type>().value(i).into(),
+            DataType::UInt8 => a.as_primitive::<UInt8Type>().value(i).into(),
+            DataType::UInt16 => a.as_primitive::<UInt16Type>().value(i).into(),
+            DataType::UInt32 => a.as_primitive::<UInt32Type>().value(i).into(),
+            DataType::UInt64 => a.as_primitive::<UInt64Type>().value(i).into(),
+            _ => return None,
+        })
+    }
+}
+
+/// Accessor of one batch's columns by name, with errors that name the column and row.
+struct Cols<'a> {
+    batch: &'a RecordBatch,
+}
+
+impl<'a> Cols<'a> {
+    fn column(&self, name: &str, nullable: bool) -> Result<Option<&'a ArrayRef>, TracesError> {
+        match self.batch.column_by_name(name) {
+            Some(c) => Ok(Some(c)),
+            None if nullable => Ok(None),
+            None => Err(bad(name, "missing required column")),
+        }
+    }
+
+    fn strings(&self, name: &str, nullable: bool) -> Result<StrCol<'a>, TracesError> {
+        match self.column(name, nullable)? {
+            Some(c) if c.data_type() == &DataType::Null => Ok(StrCol::Missing),
+            Some(c) => StrCol::new(c, name),
+            None => Ok(StrCol::Missing),
+        }
+    }
+
+    fn ints(&self, name: &str, nullable: bool) -> Result<IntCol<'a>, TracesError> {
+        match self.column(name, nullable)? {
+            Some(c) => IntCol::new(c, name),
+            None => Ok(IntCol { array: None }),
+        }
+    }
+
+    fn floats(&self, name: &str, nullable: bool) -> Result<FloatCol<'a>, TracesError> {
+        match self.column(name, nullable)? {
+            Some(c) => match c.data_type() {
+                DataType::Float64 | DataType::Float32 | DataType::Null => {
+                    Ok(FloatCol { array: Some(c) })
+                }
+                other => Err(bad(name, format!("expected a float column, found {other}"))),
+            },
+            None => Ok(FloatCol { array: None }),
+        }
+    }
+
+    fn bools(&self, name: &str) -> Result<&'a arrow_array::BooleanArray, TracesError> {
+        let c = self
+            .column(name, false)?
+            .ok_or_else(|| bad(name, "missing"))?;
+        c.as_boolean_opt().ok_or_else(|| {
+            bad(
+                name,
+                format!("expected a boolean column, found {}", c.data_type()),
+            )
+        })
+    }
+
+    fn lists(&self, name: &str) -> Result<Option<&'a ArrayRef>, TracesError> {
+        match self.column(name, true)? {
+            Some(c) => match c.data_type() {
+                DataType::List(_) | DataType::LargeList(_) | DataType::Null => Ok(Some(c)),
+                other => Err(bad(name, format!("expected a list column, found {other}"))),
+            },
+            None => Ok(None),
+        }
+    }
+}
+
+struct FloatCol<'a> {
+    array: Option<&'a ArrayRef>,
+}
+
+impl FloatCol<'_> {
+    fn get(&self, i: usize) -> Option<f64> {
+        let a = self.array?;
+        if a.is_null(i) {
+            return None;
+        }
+        match a.data_type() {
+            DataType::Float64 => Some(a.as_primitive::<Float64Type>().value(i)),
+            DataType::Float32 => Some(a.as_primitive::<Float32Type>().value(i).into()),
+            _ => None,
+        }
+    }
+}
+
+fn req<T>(v: Option<T>, column: &str, row: usize) -> Result<T, TracesError> {
+    v.ok_or_else(|| bad(column, format!("row {row}: null in a required column")))
+}
+
+fn conv<T: TryFrom<i128>>(
+    v: Option<i128>,
+    column: &str,
+    row: usize,
+) -> Result<Option<T>, TracesError> {
+    match v {
+        None => Ok(None),
+        Some(x) => T::try_from(x)
+            .map(Some)
+            .map_err(|_| bad(column, format!("row {row}: value {x} out of range"))),
+    }
+}
+
+fn itl_get(cols: &[IntCol<'_>; 5], row: usize) -> Result<Option<GapSummary>, TracesError> {
+    let Some(count) = conv::<u32>(cols[0].get(row), "itl_count", row)? else {
+        return Ok(None);
+    };
+    let names = ["itl_mean_us", "itl_p50_us", "itl_p99_us", "itl_max_us"];
+    let mut v = [0u64; 4];
+    for (k, name) in names.iter().enumerate() {
+        v[k] = conv::<u64>(cols[k + 1].get(row), name, row)?.unwrap_or(0);
+    }
+    Ok(Some(GapSummary {
+        count,
+        mean_us: v[0],
+        p50_us: v[1],
+        p99_us: v[2],
+        max_us: v[3],
+    }))
+}
+
+fn itl_cols<'a>(c: &Cols<'a>) -> Result<[IntCol<'a>; 5], TracesError> {
+    Ok([
+        c.ints("itl_count", true)?,
+        c.ints("itl_mean_us", true)?,
+        c.ints("itl_p50_us", true)?,
+        c.ints("itl_p99_us", true)?,
+        c.ints("itl_max_us", true)?,
+    ])
+}
+
+/// Builders of the five flat ITL columns.
+struct ItlBuilders {
+    count: UInt32Builder,
+    mean: UInt64Builder,
+    p50: UInt64Builder,
+    p99: UInt64Builder,
+    max: UInt64Builder,
+}
+
+impl ItlBuilders {
+    fn new(n: usize) -> Self {
+        ItlBuilders {
+            count: UInt32Builder::with_capacity(n),
+            mean: UInt64Builder::with_capacity(n),
+            p50: UInt64Builder::with_capacity(n),
+            p99: UInt64Builder::with_capacity(n),
+            max: UInt64Builder::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, itl: Option<&GapSummary>) {
+        self.count.append_option(itl.map(|g| g.count));
+        self.mean.append_option(itl.map(|g| g.mean_us));
+        self.p50.append_option(itl.map(|g| g.p50_us));
+        self.p99.append_option(itl.map(|g| g.p99_us));
+        self.max.append_option(itl.map(|g| g.max_us));
+    }
+
+    fn finish(mut self) -> [ArrayRef; 5] {
+        [
+            Arc::new(self.count.finish()),
+            Arc::new(self.mean.finish()),
+            Arc::new(self.p50.finish()),
+            Arc::new(self.p99.finish()),
+            Arc::new(self.max.finish()),
+        ]
+    }
+}
+
+fn str_builder(n: usize, bytes_per_row: usize) -> StringBuilder {
+    StringBuilder::with_capacity(n, n * bytes_per_row)
+}
+
+// ---------------------------------------------------------------------------------------
+// request
+
+impl Row for RequestRow {
+    const KIND: &'static str = "request";
+
+    fn schema() -> SchemaRef {
+        let mut fields = vec![
+            f("request_id", DataType::Utf8, false),
+            f("arrival_us", DataType::Int64, false),
+            f("session_id", DataType::Utf8, true),
+            f("endpoint", DataType::Utf8, false),
+            f("model", DataType::Utf8, true),
+            f("stream", DataType::Boolean, false),
+            f("prompt_tokens", DataType::UInt32, true),
+            f("prompt_tokens_source", DataType::Utf8, false),
+            f("max_tokens", DataType::UInt32, true),
+            f("message_count", DataType::UInt32, true),
+            f("output_tokens", DataType::UInt32, true),
+            f("output_tokens_source", DataType::Utf8, false),
+            f("prefix_hashes", prefix_hashes_type(), false),
+            f("status", DataType::UInt16, true),
+            f("outcome", DataType::Utf8, false),
+            f("ttfb_us", DataType::UInt64, true),
+            f("ttft_us", DataType::UInt64, true),
+            f("e2e_us", DataType::UInt64, true),
+            f("chunk_count", DataType::UInt32, true),
+        ];
+        fields.extend(itl_fields());
+        fields.extend([
+            f("request_bytes", DataType::UInt64, true),
+            f("response_bytes", DataType::UInt64, true),
+            f("finish_reason", DataType::Utf8, true),
+            f("prompt_text", DataType::Utf8, true),
+            f("response_text", DataType::Utf8, true),
+        ]);
+        schema_with(Self::KIND, fields)
+    }
+
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch, TracesError> {
+        let n = rows.len();
+        let mut request_id = str_builder(n, 16);
+        let mut arrival = Int64Builder::with_capacity(n);
+        let mut session = str_builder(n, 8);
+        let mut endpoint = str_builder(n, 6);
+        let mut model = str_builder(n, 16);
+        let mut stream = BooleanBuilder::with_capacity(n);
+        let mut prompt_tokens = UInt32Builder::with_capacity(n);
+        let mut prompt_src = str_builder(n, 6);
+        let mut max_tokens = UInt32Builder::with_capacity(n);
+        let mut message_count = UInt32Builder::with_capacity(n);
+        let mut output_tokens = UInt32Builder::with_capacity(n);
+        let mut output_src = str_builder(n, 6);
+        let mut prefix = ListBuilder::with_capacity(UInt64Builder::with_capacity(n * 4), n)
+            .with_field(Arc::new(Field::new("item", DataType::UInt64, false)));
+        let mut status = UInt16Builder::with_capacity(n);
+        let mut outcome = str_builder(n, 2);
+        let mut ttfb = UInt64Builder::with_capacity(n);
+        let mut ttft = UInt64Builder::with_capacity(n);
+        let mut e2e = UInt64Builder::with_capacity(n);
+        let mut chunks = UInt32Builder::with_capacity(n);
+        let mut itl = ItlBuilders::new(n);
+        let mut req_bytes = UInt64Builder::with_capacity(n);
+        let mut resp_bytes = UInt64Builder::with_capacity(n);
+        let mut finish = str_builder(n, 4);
+        let mut prompt_text = StringBuilder::new();
+        let mut response_text = StringBuilder::new();
+        for r in rows {
+            request_id.append_value(&r.request_id);
+            arrival.append_value(r.arrival_us);
+            session.append_option(r.session_id.as_deref());
+            endpoint.append_value(r.endpoint.as_str());
+            model.append_option(r.model.as_deref());
+            stream.append_value(r.stream);
+            prompt_tokens.append_option(r.prompt_tokens);
+            prompt_src.append_value(r.prompt_tokens_source.as_str());
+            max_tokens.append_option(r.max_tokens);
+            message_count.append_option(r.message_count);
+            output_tokens.append_option(r.output_tokens);
+            output_src.append_value(r.output_tokens_source.as_str());
+            prefix.values().append_slice(&r.prefix_hashes);
+            prefix.append(true);
+            status.append_option(r.status);
+            outcome.append_value(r.outcome.as_str());
+            ttfb.append_option(r.ttfb_us);
+            ttft.append_option(r.ttft_us);
+            e2e.append_option(r.e2e_us);
+            chunks.append_option(r.chunk_count);
+            itl.push(r.itl.as_ref());
+            req_bytes.append_option(r.request_bytes);
+            resp_bytes.append_option(r.response_bytes);
+            finish.append_option(r.finish_reason.as_deref());
+            prompt_text.append_option(r.prompt_text.as_deref());
+            response_text.append_option(r.response_text.as_deref());
+        }
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(request_id.finish()),
+            Arc::new(arrival.finish()),
+            Arc::new(session.finish()),
+            Arc::new(endpoint.finish()),
+            Arc::new(model.finish()),
+            Arc::new(stream.finish()),
+            Arc::new(prompt_tokens.finish()),
+            Arc::new(prompt_src.finish()),
+            Arc::new(max_tokens.finish()),
+            Arc::new(message_count.finish()),
+            Arc::new(output_tokens.finish()),
+            Arc::new(output_src.finish()),
+            Arc::new(prefix.finish()),
+            Arc::new(status.finish()),
+            Arc::new(outcome.finish()),
+            Arc::new(ttfb.finish()),
+            Arc::new(ttft.finish()),
+            Arc::new(e2e.finish()),
+            Arc::new(chunks.finish()),
+        ];
+        columns.extend(itl.finish());
+        columns.extend([
+            Arc::new(req_bytes.finish()) as ArrayRef,
+            Arc::new(resp_bytes.finish()),
+            Arc::new(finish.finish()),
+            Arc::new(prompt_text.finish()),
+            Arc::new(response_text.finish()),
+        ]);
+        Ok(RecordBatch::try_new(Self::schema(), columns)?)
+    }
+
+    fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>, TracesError> {
+        let c = Cols { batch };
+        let request_id = c.strings("request_id", false)?;
+        let arrival = c.ints("arrival_us", false)?;
+        let session = c.strings("session_id", true)?;
+        let endpoint = c.strings("endpoint", false)?;
+        let model = c.strings("model", true)?;
+        let stream = c.bools("stream")?;
+        let prompt_tokens = c.ints("prompt_tokens", true)?;
+        let prompt_src = c.strings("prompt_tokens_source", false)?;
+        let max_tokens = c.ints("max_tokens", true)?;
+        let message_count = c.ints("message_count", true)?;
+        let output_tokens = c.ints("output_tokens", true)?;
+        let output_src = c.strings("output_tokens_source", false)?;
+        let prefix = c.lists("prefix_hashes")?;
+        let status = c.ints("status", true)?;
+        let outcome = c.strings("outcome", false)?;
+        let ttfb = c.ints("ttfb_us", true)?;
+        let ttft = c.ints("ttft_us", true)?;
+        let e2e = c.ints("e2e_us", true)?;
+        let chunks = c.ints("chunk_count", true)?;
+        let itl = itl_cols(&c)?;
+        let req_bytes = c.ints("request_bytes", true)?;
+        let resp_bytes = c.ints("response_bytes", true)?;
+        let finish = c.strings("finish_reason", true)?;
+        let prompt_text = c.strings("prompt_text", true)?;
+        let response_text = c.strings("response_text", true)?;
+        let mut out = Vec::with_capacity(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            let outcome_str = req(outcome.get(i), "outcome", i)?;
+            out.push(RequestRow {
+                request_id: req(request_id.get(i), "request_id", i)?.to_string(),
+                arrival_us: req(conv(arrival.get(i), "arrival_us", i)?, "arrival_us", i)?,
+                session_id: session.get(i).map(str::to_string),
+                endpoint: Endpoint::parse(req(endpoint.get(i), "endpoint", i)?),
+                model: model.get(i).map(str::to_string),
+                stream: req(stream.is_valid(i).then(|| stream.value(i)), "stream", i)?,
+                prompt_tokens: conv(prompt_tokens.get(i), "prompt_tokens", i)?,
+                prompt_tokens_source: TokenSource::parse(prompt_src.get(i).unwrap_or("unknown")),
+                max_tokens: conv(max_tokens.get(i), "max_tokens", i)?,
+                message_count: conv(message_count.get(i), "message_count", i)?,
+                output_tokens: conv(output_tokens.get(i), "output_tokens", i)?,
+                output_tokens_source: TokenSource::parse(output_src.get(i).unwrap_or("unknown")),
+                prefix_hashes: list_u64(prefix, i)?,
+                status: conv(status.get(i), "status", i)?,
+                outcome: Outcome::parse(outcome_str).ok_or_else(|| {
+                    bad(
+                        "outcome",
+                        format!("row {i}: unknown outcome {outcome_str:?}"),
+                    )
+                })?,
+                ttfb_us: conv(ttfb.get(i), "ttfb_us", i)?,
+                ttft_us: conv(ttft.get(i), "ttft_us", i)?,
+                e2e_us: conv(e2e.get(i), "e2e_us", i)?,
+                chunk_count: conv(chunks.get(i), "chunk_count", i)?,
+                itl: itl_get(&itl, i)?,
+                request_bytes: conv(req_bytes.get(i), "request_bytes", i)?,
+                response_bytes: conv(resp_bytes.get(i), "response_bytes", i)?,
+                finish_reason: finish.get(i).map(str::to_string),
+                prompt_text: prompt_text.get(i).map(str::to_string),
+                response_text: response_text.get(i).map(str::to_string),
+            });
+        }
+        Ok(out)
+    }
+
+    fn time_us(&self) -> i64 {
+        self.arrival_us
+    }
+}
+
+fn list_u64(list: Option<&ArrayRef>, row: usize) -> Result<Vec<u64>, TracesError> {
+    let Some(list) = list else {
+        return Ok(Vec::new());
+    };
+    if list.is_null(row) {
+        return Ok(Vec::new());
+    }
+    let values = match list.data_type() {
+        DataType::List(_) => list.as_list::<i32>().value(row),
+        DataType::LargeList(_) => list.as_list::<i64>().value(row),
+        _ => return Ok(Vec::new()),
+    };
+    let ints = IntCol::new(&values, "prefix_hashes")?;
+    (0..values.len())
+        .map(|k| {
+            let v = ints.get(k).ok_or_else(|| {
+                bad(
+                    "prefix_hashes",
+                    format!("row {row}: null hash at position {k}"),
+                )
+            })?;
+            // Hashes are u64; a writer without unsigned types stores them as i64 bits.
+            if v < 0 {
+                Ok(v as i64 as u64)
+            } else {
+                u64::try_from(v)
+                    .map_err(|_| bad("prefix_hashes", format!("row {row}: {v} out of range")))
+            }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// result
+
+impl Row for ResultRow {
+    const KIND: &'static str = "result";
+
+    fn schema() -> SchemaRef {
+        let mut fields = vec![
+            f("request_id", DataType::Utf8, false),
+            f("session_id", DataType::Utf8, true),
+            f("scenario", DataType::Utf8, false),
+            f("phase", DataType::Utf8, true),
+            f("load_level", DataType::Float64, false),
+            f("shard", DataType::UInt32, true),
+            f("intended_send_us", DataType::Int64, false),
+            f("actual_send_us", DataType::Int64, false),
+            f("lateness_us", DataType::Int64, false),
+            f("in_flight_at_send", DataType::UInt32, false),
+            f("endpoint", DataType::Utf8, false),
+            f("prompt_tokens", DataType::UInt32, false),
+            f("prompt_tokens_source", DataType::Utf8, false),
+            f("max_tokens", DataType::UInt32, true),
+            f("status", DataType::UInt16, true),
+            f("error_kind", DataType::Utf8, true),
+            f("error_message", DataType::Utf8, true),
+            f("ttfb_us", DataType::UInt64, true),
+            f("ttft_us", DataType::UInt64, true),
+            f("ttft_from_intended_us", DataType::UInt64, true),
+            f("e2e_us", DataType::UInt64, true),
+            f("e2e_from_intended_us", DataType::UInt64, true),
+            f("tpot_us", DataType::Float64, true),
+        ];
+        fields.extend(itl_fields());
+        fields.extend([
+            f("output_tokens", DataType::UInt32, true),
+            f("output_tokens_source", DataType::Utf8, false),
+            f("chunk_count", DataType::UInt32, true),
+            f("finish_reason", DataType::Utf8, true),
+        ]);
+        schema_with(Self::KIND, fields)
+    }
+
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch, TracesError> {
+        let n = rows.len();
+        let mut request_id = str_builder(n, 16);
+        let mut session = str_builder(n, 8);
+        let mut scenario = str_builder(n, 4);
+        let mut phase = str_builder(n, 4);
+        let mut load_level = Float64Builder::with_capacity(n);
+        let mut shard = UInt32Builder::with_capacity(n);
+        let mut intended = Int64Builder::with_capacity(n);
+        let mut actual = Int64Builder::with_capacity(n);
+        let mut lateness = Int64Builder::with_capacity(n);
+        let mut in_flight = UInt32Builder::with_capacity(n);
+        let mut endpoint = str_builder(n, 6);
+        let mut prompt_tokens = UInt32Builder::with_capacity(n);
+        let mut prompt_src = str_builder(n, 6);
+        let mut max_tokens = UInt32Builder::with_capacity(n);
+        let mut status = UInt16Builder::with_capacity(n);
+        let mut error_kind = str_builder(n, 2);
+        let mut error_message = StringBuilder::new();
+        let mut ttfb = UInt64Builder::with_capacity(n);
+        let mut ttft = UInt64Builder::with_capacity(n);
+        let mut ttft_i = UInt64Builder::with_capacity(n);
+        let mut e2e = UInt64Builder::with_capacity(n);
+        let mut e2e_i = UInt64Builder::with_capacity(n);
+        let mut tpot = Float64Builder::with_capacity(n);
+        let mut itl = ItlBuilders::new(n);
+        let mut output_tokens = UInt32Builder::with_capacity(n);
+        let mut output_src = str_builder(n, 6);
+        let mut chunks = UInt32Builder::with_capacity(n);
+        let mut finish = str_builder(n, 4);
+        for r in rows {
+            request_id.append_value(&r.request_id);
+            session.append_option(r.session_id.as_deref());
+            scenario.append_value(&r.scenario);
+            phase.append_option(r.phase.as_deref());
+            load_level.append_value(r.load_level);
+            shard.append_option(r.shard);
+            intended.append_value(r.intended_send_us);
+            actual.append_value(r.actual_send_us);
+            lateness.append_value(r.lateness_us);
+            in_flight.append_value(r.in_flight_at_send);
+            endpoint.append_value(r.endpoint.as_str());
+            prompt_tokens.append_value(r.prompt_tokens);
+            prompt_src.append_value(r.prompt_tokens_source.as_str());
+            max_tokens.append_option(r.max_tokens);
+            status.append_option(r.status);
+            error_kind.append_option(r.error_kind.map(ErrorKind::as_str));
+            error_message.append_option(r.error_message.as_deref());
+            ttfb.append_option(r.ttfb_us);
+            ttft.append_option(r.ttft_us);
+            ttft_i.append_option(r.ttft_from_intended_us);
+            e2e.append_option(r.e2e_us);
+            e2e_i.append_option(r.e2e_from_intended_us);
+            tpot.append_option(r.tpot_us);
+            itl.push(r.itl.as_ref());
+            output_tokens.append_option(r.output_tokens);
+            output_src.append_value(r.output_tokens_source.as_str());
+            chunks.append_option(r.chunk_count);
+            finish.append_option(r.finish_reason.as_deref());
+        }
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(request_id.finish()),
+            Arc::new(session.finish()),
+            Arc::new(scenario.finish()),
+            Arc::new(phase.finish()),
+            Arc::new(load_level.finish()),
+            Arc::new(shard.finish()),
+            Arc::new(intended.finish()),
+            Arc::new(actual.finish()),
+            Arc::new(lateness.finish()),
+            Arc::new(in_flight.finish()),
+            Arc::new(endpoint.finish()),
+            Arc::new(prompt_tokens.finish()),
+            Arc::new(prompt_src.finish()),
+            Arc::new(max_tokens.finish()),
+            Arc::new(status.finish()),
+            Arc::new(error_kind.finish()),
+            Arc::new(error_message.finish()),
+            Arc::new(ttfb.finish()),
+            Arc::new(ttft.finish()),
+            Arc::new(ttft_i.finish()),
+            Arc::new(e2e.finish()),
+            Arc::new(e2e_i.finish()),
+            Arc::new(tpot.finish()),
+        ];
+        columns.extend(itl.finish());
+        columns.extend([
+            Arc::new(output_tokens.finish()) as ArrayRef,
+            Arc::new(output_src.finish()),
+            Arc::new(chunks.finish()),
+            Arc::new(finish.finish()),
+        ]);
+        Ok(RecordBatch::try_new(Self::schema(), columns)?)
+    }
+
+    fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>, TracesError> {
+        let c = Cols { batch };
+        let request_id = c.strings("request_id", false)?;
+        let session = c.strings("session_id", true)?;
+        let scenario = c.strings("scenario", false)?;
+        let phase = c.strings("phase", true)?;
+        let load_level = c.floats("load_level", false)?;
+        let shard = c.ints("shard", true)?;
+        let intended = c.ints("intended_send_us", false)?;
+        let actual = c.ints("actual_send_us", false)?;
+        let lateness = c.ints("lateness_us", false)?;
+        let in_flight = c.ints("in_flight_at_send", false)?;
+        let endpoint = c.strings("endpoint", false)?;
+        let prompt_tokens = c.ints("prompt_tokens", false)?;
+        let prompt_src = c.strings("prompt_tokens_source", false)?;
+        let max_tokens = c.ints("max_tokens", true)?;
+        let status = c.ints("status", true)?;
+        let error_kind = c.strings("error_kind", true)?;
+        let error_message = c.strings("error_message", true)?;
+        let ttfb = c.ints("ttfb_us", true)?;
+        let ttft = c.ints("ttft_us", true)?;
+        let ttft_i = c.ints("ttft_from_intended_us", true)?;
+        let e2e = c.ints("e2e_us", true)?;
+        let e2e_i = c.ints("e2e_from_intended_us", true)?;
+        let tpot = c.floats("tpot_us", true)?;
+        let itl = itl_cols(&c)?;
+        let output_tokens = c.ints("output_tokens", true)?;
+        let output_src = c.strings("output_tokens_source", false)?;
+        let chunks = c.ints("chunk_count", true)?;
+        let finish = c.strings("finish_reason", true)?;
+        let mut out = Vec::with_capacity(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            let error_kind = match error_kind.get(i) {
+                None => None,
+                Some(s) => Some(ErrorKind::parse(s).ok_or_else(|| {
+                    bad("error_kind", format!("row {i}: unknown error kind {s:?}"))
+                })?),
+            };
+            out.push(ResultRow {
+                request_id: req(request_id.get(i), "request_id", i)?.to_string(),
+                session_id: session.get(i).map(str::to_string),
+                scenario: req(scenario.get(i), "scenario", i)?.to_string(),
+                phase: phase.get(i).map(str::to_string),
+                load_level: req(load_level.get(i), "load_level", i)?,
+                shard: conv(shard.get(i), "shard", i)?,
+                intended_send_us: req(
+                    conv(intended.get(i), "intended_send_us", i)?,
+                    "intended_send_us",
+                    i,
+                )?,
+                actual_send_us: req(
+                    conv(actual.get(i), "actual_send_us", i)?,
+                    "actual_send_us",
+                    i,
+                )?,
+                lateness_us: req(conv(lateness.get(i), "lateness_us", i)?, "lateness_us", i)?,
+                in_flight_at_send: req(
+                    conv(in_flight.get(i), "in_flight_at_send", i)?,
+                    "in_flight_at_send",
+                    i,
+                )?,
+                endpoint: Endpoint::parse(req(endpoint.get(i), "endpoint", i)?),
+                prompt_tokens: req(
+                    conv(prompt_tokens.get(i), "prompt_tokens", i)?,
+                    "prompt_tokens",
+                    i,
+                )?,
+                prompt_tokens_source: TokenSource::parse(prompt_src.get(i).unwrap_or("unknown")),
+                max_tokens: conv(max_tokens.get(i), "max_tokens", i)?,
+                status: conv(status.get(i), "status", i)?,
+                error_kind,
+                error_message: error_message.get(i).map(str::to_string),
+                ttfb_us: conv(ttfb.get(i), "ttfb_us", i)?,
+                ttft_us: conv(ttft.get(i), "ttft_us", i)?,
+                ttft_from_intended_us: conv(ttft_i.get(i), "ttft_from_intended_us", i)?,
+                e2e_us: conv(e2e.get(i), "e2e_us", i)?,
+                e2e_from_intended_us: conv(e2e_i.get(i), "e2e_from_intended_us", i)?,
+                tpot_us: tpot.get(i),
+                itl: itl_get(&itl, i)?,
+                output_tokens: conv(output_tokens.get(i), "output_tokens", i)?,
+                output_tokens_source: TokenSource::parse(output_src.get(i).unwrap_or("unknown")),
+                chunk_count: conv(chunks.get(i), "chunk_count", i)?,
+                finish_reason: finish.get(i).map(str::to_string),
+            });
+        }
+        Ok(out)
+    }
+
+    fn time_us(&self) -> i64 {
+        self.intended_send_us
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// sample
+
+impl Row for SampleRow {
+    const KIND: &'static str = "sample";
+
+    fn schema() -> SchemaRef {
+        schema_with(
+            Self::KIND,
+            vec![
+                f("time_us", DataType::Int64, false),
+                f("source", DataType::Utf8, false),
+                f("name", DataType::Utf8, false),
+                f("labels", DataType::Utf8, false),
+                f("value", DataType::Float64, false),
+            ],
+        )
+    }
+
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch, TracesError> {
+        let n = rows.len();
+        let mut time = Int64Builder::with_capacity(n);
+        let mut source = str_builder(n, 6);
+        let mut name = str_builder(n, 16);
+        let mut labels = str_builder(n, 8);
+        let mut value = Float64Builder::with_capacity(n);
+        for r in rows {
+            time.append_value(r.time_us);
+            source.append_value(r.source.as_str());
+            name.append_value(&r.name);
+            labels.append_value(&r.labels);
+            value.append_value(r.value);
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(time.finish()),
+            Arc::new(source.finish()),
+            Arc::new(name.finish()),
+            Arc::new(labels.finish()),
+            Arc::new(value.finish()),
+        ];
+        Ok(RecordBatch::try_new(Self::schema(), columns)?)
+    }
+
+    fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>, TracesError> {
+        let c = Cols { batch };
+        let time = c.ints("time_us", false)?;
+        let source = c.strings("source", false)?;
+        let name = c.strings("name", false)?;
+        let labels = c.strings("labels", true)?;
+        let value = c.floats("value", false)?;
+        let mut out = Vec::with_capacity(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            let src = req(source.get(i), "source", i)?;
+            out.push(SampleRow {
+                time_us: req(conv(time.get(i), "time_us", i)?, "time_us", i)?,
+                source: SampleSource::parse(src)
+                    .ok_or_else(|| bad("source", format!("row {i}: unknown source {src:?}")))?,
+                name: req(name.get(i), "name", i)?.to_string(),
+                labels: labels.get(i).unwrap_or("").to_string(),
+                value: req(value.get(i), "value", i)?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn time_us(&self) -> i64 {
+        self.time_us
+    }
+}
