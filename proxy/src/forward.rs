@@ -94,8 +94,11 @@ impl Body for ForwardBody {
         };
         match Pin::new(rest).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                // With a Content-Length the client stops polling once it has every byte.
+                let ended = this.rest.as_ref().is_some_and(|r| r.is_end_stream());
                 if let Some(data) = frame.data_ref() {
                     if let Ok(mut tee) = this.tee.lock() {
+                        tee.complete |= ended;
                         tee.bytes += data.len() as u64;
                         if this.copy && !tee.overflow {
                             if tee.buf.len() + data.len() <= this.cap {
@@ -134,14 +137,15 @@ impl Body for ForwardBody {
                 .as_ref()
                 .and_then(|f| f.data_ref())
                 .map_or(0, |d| d.len() as u64);
-        let mut hint = self
+        let inner = self
             .rest
             .as_ref()
             .map_or_else(|| SizeHint::with_exact(0), |r| r.size_hint());
-        hint.set_lower(hint.lower() + extra);
-        if let Some(upper) = hint.upper() {
+        let mut hint = SizeHint::new();
+        if let Some(upper) = inner.upper() {
             hint.set_upper(upper + extra);
         }
+        hint.set_lower(inner.lower() + extra);
         hint
     }
 }
@@ -272,6 +276,26 @@ pub(crate) struct ResponseBody {
 #[error("upstream went silent for longer than the idle timeout")]
 struct IdleTimeout;
 
+impl ResponseBody {
+    /// The upstream body ended: records the row and returns what the splitter still
+    /// holds (an event without its final blank line), to be forwarded as is.
+    fn end(&mut self) -> Option<Bytes> {
+        self.finished = true;
+        let tail = self
+            .strip
+            .take()
+            .map(|s| Bytes::copy_from_slice(s.remainder()))
+            .filter(|r| !r.is_empty());
+        let ok = self
+            .recording
+            .status
+            .is_some_and(|s| (200..300).contains(&s));
+        self.recording
+            .finish(if ok { Outcome::Ok } else { Outcome::HttpError });
+        tail
+    }
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -289,7 +313,13 @@ impl Body for ResponseBody {
                 Poll::Ready(Some(Ok(frame))) => {
                     let deadline = tokio::time::Instant::now() + this.idle_timeout;
                     this.idle.as_mut().reset(deadline);
+                    // With a Content-Length, hyper stops polling once every byte is sent:
+                    // the end is recorded with the last frame, not on a later poll.
+                    let ended = this.inner.is_end_stream();
                     let Some(data) = frame.data_ref() else {
+                        if ended {
+                            this.end();
+                        }
                         return Poll::Ready(Some(Ok(frame)));
                     };
                     let at_us = this.recording.offset_us();
@@ -297,6 +327,9 @@ impl Body for ResponseBody {
                         observer.feed(data, at_us);
                     }
                     let Some(splitter) = this.strip.as_mut() else {
+                        if ended {
+                            this.end();
+                        }
                         return Poll::Ready(Some(Ok(frame)));
                     };
                     let mut kept = BytesMut::new();
@@ -305,7 +338,15 @@ impl Body for ResponseBody {
                             kept.extend_from_slice(raw);
                         }
                     });
+                    if ended {
+                        if let Some(tail) = this.end() {
+                            kept.extend_from_slice(&tail);
+                        }
+                    }
                     if kept.is_empty() {
+                        if ended {
+                            return Poll::Ready(None);
+                        }
                         continue; // the whole frame was the injected usage event (or partial)
                     }
                     return Poll::Ready(Some(Ok(Frame::data(kept.freeze()))));
@@ -316,19 +357,8 @@ impl Body for ResponseBody {
                     return Poll::Ready(Some(Err(err.into())));
                 }
                 Poll::Ready(None) => {
-                    this.finished = true;
-                    let tail = this
-                        .strip
-                        .take()
-                        .map(|s| s.remainder().to_vec())
-                        .filter(|r| !r.is_empty());
-                    let ok = this
-                        .recording
-                        .status
-                        .is_some_and(|s| (200..300).contains(&s));
-                    this.recording
-                        .finish(if ok { Outcome::Ok } else { Outcome::HttpError });
-                    return Poll::Ready(tail.map(|t| Ok(Frame::data(Bytes::from(t)))));
+                    let tail = this.end();
+                    return Poll::Ready(tail.map(|t| Ok(Frame::data(t))));
                 }
                 Poll::Pending => {
                     if this.idle.as_mut().poll(cx).is_ready() {

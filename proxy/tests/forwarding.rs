@@ -1,0 +1,376 @@
+//! Transparency: what the client receives through the proxy is what it receives without
+//! it; headers are handled as a proxy must; upstream failures become 502/504.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use retrace_traces::{Endpoint, Outcome, TokenSource};
+use serde_json::json;
+
+fn bodies() -> Vec<(&'static str, serde_json::Value)> {
+    vec![
+        (
+            "/v1/chat/completions",
+            json!({"model":"m","stream":true,"max_tokens":7,"messages":[{"role":"user","content":"hello there"}]}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model":"m","stream":false,"max_tokens":4,"messages":[{"role":"user","content":"hi"}]}),
+        ),
+        (
+            "/v1/completions",
+            json!({"model":"m","stream":true,"max_tokens":6,"prompt":"once upon a time"}),
+        ),
+        (
+            "/v1/completions",
+            json!({"model":"m","max_tokens":3,"prompt":"x"}),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_are_byte_identical_h1_and_h2() {
+    let upstream = spawn_upstream(None).await;
+    let out = tempfile::tempdir().unwrap();
+    let sink = MemorySink::default();
+    let mut config = proxy_config(&upstream.url(), out.path());
+    sink.install(&mut config);
+    let proxy = retrace_proxy::spawn(config).await.unwrap();
+    let proxied = format!("http://{}", proxy.local_addr());
+    let mut sent = 0;
+    for client in [h1_client(), h2_client()] {
+        for (path, body) in bodies() {
+            let (s1, _, direct) =
+                post(&client, &format!("{}{path}", upstream.url()), &body, &[]).await;
+            let (s2, _, through) = post(&client, &format!("{proxied}{path}"), &body, &[]).await;
+            assert_eq!((s1, s2), (200, 200));
+            assert!(!direct.is_empty());
+            assert_eq!(direct, through, "{path} {body}");
+            sent += 1;
+        }
+    }
+    let stats = proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+    let rows = sink.rows();
+    assert_eq!(rows.len(), sent);
+    assert_eq!(stats.rows_written, sent as u64);
+    let stream_chat = &rows[0];
+    assert_eq!(stream_chat.endpoint, Endpoint::Chat);
+    assert_eq!(stream_chat.model.as_deref(), Some("m"));
+    assert!(stream_chat.stream);
+    assert_eq!(stream_chat.max_tokens, Some(7));
+    assert_eq!(stream_chat.message_count, Some(1));
+    assert_eq!(stream_chat.output_tokens, Some(7));
+    assert_eq!(stream_chat.chunk_count, Some(7));
+    assert_eq!(stream_chat.prompt_tokens_source, TokenSource::Estimate);
+    assert_eq!(stream_chat.finish_reason.as_deref(), Some("length"));
+    assert_eq!(stream_chat.outcome, Outcome::Ok);
+    assert_eq!(stream_chat.status, Some(200));
+    assert!(stream_chat.ttft_us.is_some() && stream_chat.ttfb_us.is_some());
+    assert!(
+        stream_chat.ttfb_us <= stream_chat.ttft_us && stream_chat.ttft_us <= stream_chat.e2e_us
+    );
+    assert!(stream_chat.request_bytes.unwrap() > 50);
+    // Non-streaming responses carry usage: the server's own count wins.
+    let plain_chat = &rows[1];
+    assert_eq!(plain_chat.prompt_tokens, Some(11));
+    assert_eq!(plain_chat.prompt_tokens_source, TokenSource::Usage);
+    assert_eq!(plain_chat.output_tokens, Some(4));
+    assert!(rows
+        .iter()
+        .all(|r| r.prompt_text.is_none() && r.response_text.is_none()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_sse_byte_is_forwarded_before_the_stream_ends() {
+    let upstream = spawn_upstream(None).await;
+    let out = tempfile::tempdir().unwrap();
+    let sink = MemorySink::default();
+    let mut config = proxy_config(&upstream.url(), out.path());
+    sink.install(&mut config);
+    let proxy = retrace_proxy::spawn(config).await.unwrap();
+    let body = json!({"stream":true,"max_tokens":5,"messages":[{"role":"user","content":"x"}]});
+    let request = Request::post(format!("http://{}/v1/chat/completions", proxy.local_addr()))
+        .header("x-test-gap-ms", "300")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let start = Instant::now();
+    let response = h1_client().request(request).await.unwrap();
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    let first_at = start.elapsed();
+    assert!(!first.data_ref().unwrap().is_empty());
+    while body.frame().await.is_some() {}
+    let end_at = start.elapsed();
+    // 5 content gaps of 300 ms follow the role chunk: the first bytes must not wait for them.
+    assert!(end_at >= Duration::from_millis(1400), "{end_at:?}");
+    assert!(
+        first_at + Duration::from_millis(900) < end_at,
+        "first {first_at:?} end {end_at:?}"
+    );
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+    let rows = sink.rows();
+    let itl = rows[0].itl.unwrap();
+    assert_eq!(itl.count, 4);
+    assert!(itl.p50_us >= 250_000, "{itl:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_megabyte_prompt_passes_and_is_not_parsed() {
+    let upstream = spawn_upstream(None).await;
+    let out = tempfile::tempdir().unwrap();
+    let sink = MemorySink::default();
+    let mut config = proxy_config(&upstream.url(), out.path());
+    config.max_parse_bytes = 1 << 20;
+    sink.install(&mut config);
+    let proxy = retrace_proxy::spawn(config).await.unwrap();
+    let prompt = "a".repeat(10 << 20);
+    let body = json!({"model":"m","max_tokens":2,"prompt":prompt});
+    let len = body.to_string().len();
+    let (status, _, text) = post(
+        &h1_client(),
+        &format!("http://{}/v1/completions", proxy.local_addr()),
+        &body,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&text).contains("w1"));
+    assert_eq!(upstream.seen.lock().unwrap()[0].body_len, len);
+    // Also with --include-usage (the read-ahead path) the large body goes through whole.
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+    let rows = sink.rows();
+    assert_eq!(rows[0].request_bytes, Some(len as u64));
+    assert_eq!(
+        rows[0].model, None,
+        "bodies over --max-parse-bytes are not parsed"
+    );
+    assert_eq!(
+        rows[0].prompt_tokens,
+        Some(11),
+        "usage still counts the prompt"
+    );
+
+    let sink = MemorySink::default();
+    let mut config = proxy_config(&upstream.url(), out.path());
+    config.include_usage = true;
+    sink.install(&mut config);
+    let proxy = retrace_proxy::spawn(config).await.unwrap();
+    let body = json!({"model":"m","max_tokens":2,"stream":true,"prompt":prompt});
+    let (status, _, text) = post(
+        &h1_client(),
+        &format!("http://{}/v1/completions", proxy.local_addr()),
+        &body,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        !String::from_utf8_lossy(&text).contains("usage"),
+        "not rewritten: no usage chunk"
+    );
+    assert_eq!(
+        upstream.seen.lock().unwrap()[1].body_len,
+        body.to_string().len()
+    );
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(sink.rows()[0].output_tokens, Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn include_usage_is_injected_and_stripped() {
+    let upstream = spawn_upstream(None).await;
+    let out = tempfile::tempdir().unwrap();
+    let sink = MemorySink::default();
+    let mut config = proxy_config(&upstream.url(), out.path());
+    config.include_usage = true;
+    sink.install(&mut config);
+    let proxy = retrace_proxy::spawn(config).await.unwrap();
+    let proxied = format!("http://{}/v1/chat/completions", proxy.local_addr());
+    let direct = format!("{}/v1/chat/completions", upstream.url());
+    let client = h1_client();
+    let plain = json!({"stream":true,"max_tokens":3,"messages":[{"role":"user","content":"hi"}]});
+    let (_, _, a) = post(&client, &direct, &plain, &[]).await;
+    let (_, _, b) = post(&client, &proxied, &plain, &[]).await;
+    assert_eq!(a, b, "the injected usage chunk is stripped");
+    let asked = json!({"stream":true,"max_tokens":3,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]});
+    let (_, _, a) = post(&client, &direct, &asked, &[]).await;
+    let (_, _, b) = post(&client, &proxied, &asked, &[]).await;
+    assert_eq!(a, b, "a client that asked keeps its usage chunk");
+    assert!(String::from_utf8_lossy(&b).contains("\"usage\""));
+    {
+        let seen = upstream.seen.lock().unwrap();
+        let rewritten: serde_json::Value = serde_json::from_slice(&seen[1].body).unwrap();
+        assert_eq!(rewritten["stream_options"]["include_usage"], true);
+        let length: usize = seen[1]
+            .headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .unwrap()
+            .1
+            .parse()
+            .unwrap();
+        assert_eq!(
+            length, seen[1].body_len,
+            "Content-Length fixed after the rewrite"
+        );
+    }
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+    let rows = sink.rows();
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        assert_eq!(row.prompt_tokens, Some(11));
+        assert_eq!(row.prompt_tokens_source, TokenSource::Usage);
+        assert_eq!(row.output_tokens_source, TokenSource::Usage);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_and_forwarding_headers() {
+    let upstream = spawn_upstream(None).await;
+    let out = tempfile::tempdir().unwrap();
+    let sink = MemorySink::default();
+    let mut config = proxy_config(&upstream.url(), out.path());
+    sink.install(&mut config);
+    let proxy = retrace_proxy::spawn(config).await.unwrap();
+    let url = format!("http://{}/v1/chat/completions", proxy.local_addr());
+    let body = json!({"max_tokens":1,"messages":[]});
+    let (status, headers, _) = post(
+        &h1_client(),
+        &url,
+        &body,
+        &[
+            ("connection", "x-private"),
+            ("x-private", "secret-hop"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "Basic Zm9v"),
+            ("te", "trailers"),
+            ("x-forwarded-for", "10.1.2.3"),
+            ("x-request-id", "req-42"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    // Response: the upstream's Connection-named header is removed.
+    assert!(headers.get("x-hop").is_none());
+    let seen = upstream.seen.lock().unwrap()[0].clone();
+    let get = |name: &str| {
+        seen.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    for hop in ["x-private", "keep-alive", "proxy-authorization", "te"] {
+        assert_eq!(get(hop), None, "{hop} must not be forwarded");
+    }
+    assert_eq!(
+        get("x-forwarded-for").as_deref(),
+        Some("10.1.2.3, 127.0.0.1")
+    );
+    assert!(get("forwarded")
+        .unwrap()
+        .starts_with("for=127.0.0.1;proto=http;host="));
+    assert_eq!(get("via").as_deref(), Some("1.1 retrace"));
+    assert_eq!(get("host"), Some(upstream.addr.to_string()));
+    assert_eq!(get("x-request-id").as_deref(), Some("req-42"));
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+
+    // --preserve-host keeps the client's Host.
+    let mut config = proxy_config(&upstream.url(), out.path());
+    config.preserve_host = true;
+    sink.install(&mut config);
+    let proxy = retrace_proxy::spawn(config).await.unwrap();
+    let url = format!("http://{}/v1/chat/completions", proxy.local_addr());
+    post(&h1_client(), &url, &body, &[]).await;
+    let seen = upstream.seen.lock().unwrap()[1].clone();
+    let host = seen
+        .headers
+        .iter()
+        .find(|(k, _)| k == "host")
+        .unwrap()
+        .1
+        .clone();
+    assert_eq!(host, proxy.local_addr().to_string());
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_become_502_and_504_and_are_recorded() {
+    let upstream = spawn_upstream(None).await;
+    let out = tempfile::tempdir().unwrap();
+    let sink = MemorySink::default();
+    // A port with nothing listening: bind, note, drop.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut config = proxy_config(&format!("http://{dead}"), out.path());
+    sink.install(&mut config);
+    let proxy = retrace_proxy::spawn(config).await.unwrap();
+    let body = json!({"max_tokens":1,"prompt":"x"});
+    let (status, _, text) = post(
+        &h1_client(),
+        &format!("http://{}/v1/completions", proxy.local_addr()),
+        &body,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 502);
+    assert!(String::from_utf8_lossy(&text).contains("retrace proxy"));
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+
+    let mut config = proxy_config(&upstream.url(), out.path());
+    config.first_byte_timeout = Duration::from_millis(300);
+    config.idle_timeout = Duration::from_millis(500);
+    sink.install(&mut config);
+    let proxy = retrace_proxy::spawn(config).await.unwrap();
+    let base = format!("http://{}", proxy.local_addr());
+    let (status, _, _) = post(
+        &h1_client(),
+        &format!("{base}/v1/completions"),
+        &body,
+        &[("x-test-head-delay-ms", "3000")],
+    )
+    .await;
+    assert_eq!(status, 504);
+    let (status, _, _) = post(
+        &h1_client(),
+        &format!("{base}/v1/completions"),
+        &body,
+        &[("x-test-status", "503")],
+    )
+    .await;
+    assert_eq!(status, 503);
+    // Idle timeout mid-stream: the client sees the stream cut.
+    let stream_body = json!({"stream":true,"max_tokens":3,"prompt":"x"});
+    let request = Request::post(format!("{base}/stall"))
+        .body(Full::new(Bytes::from(stream_body.to_string())))
+        .unwrap();
+    let response = h1_client().request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let collected = tokio::time::timeout(Duration::from_secs(30), response.into_body().collect())
+        .await
+        .unwrap();
+    assert!(collected.is_err(), "the stalled stream ends with an error");
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+
+    let rows = sink.rows();
+    let outcomes: Vec<(Option<u16>, Outcome)> =
+        rows.iter().map(|r| (r.status, r.outcome)).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            (Some(502), Outcome::UpstreamError),
+            (Some(504), Outcome::Timeout),
+            (Some(503), Outcome::HttpError),
+            (Some(200), Outcome::Timeout),
+        ]
+    );
+    assert_eq!(rows[3].endpoint, Endpoint::Other("/stall".into()));
+    assert_eq!(rows[3].output_tokens, None);
+}
