@@ -229,9 +229,22 @@ async fn run_engine(
     let mut closed = false;
     while !shutting_down {
         if sched.is_idle() {
-            match rx.recv().await {
-                Some(msg) => shutting_down |= handle_msg(msg, &mut sched),
-                None => break,
+            if config.leak_rate_bytes_per_hour > 0 {
+                // A time-based leak grows with or without traffic: wake up to feed it.
+                match tokio::time::timeout(Duration::from_millis(20), rx.recv()).await {
+                    Ok(Some(msg)) => shutting_down |= handle_msg(msg, &mut sched),
+                    Ok(None) => break,
+                    Err(_) => {
+                        leak_by_rate(&config, &clock, &mut leak, &mut rate_leaked_bytes);
+                        set_leaked(&metrics, &leak);
+                        continue;
+                    }
+                }
+            } else {
+                match rx.recv().await {
+                    Some(msg) => shutting_down |= handle_msg(msg, &mut sched),
+                    None => break,
+                }
             }
             deadline = Instant::now();
         }
@@ -254,23 +267,15 @@ async fn run_engine(
                 let until = Instant::now() + clock.real(stall.pause_us as f64);
                 tokio::time::sleep_until(until).await;
                 deadline = until;
-                next_stall_us = Some(at + stall.every_us as i64);
+                // Idle time does not queue up stalls: the next one is at the next period boundary.
+                let every = stall.every_us as i64;
+                next_stall_us = Some((clock.elapsed_sim_us() / every + 1) * every);
             }
         }
         let hours = clock.elapsed_sim_us() as f64 / 3.6e9;
-        if config.leak_rate_bytes_per_hour > 0 {
-            let target = (config.leak_rate_bytes_per_hour as f64 * hours) as u64;
-            if target > rate_leaked_bytes {
-                leak.leak(target - rate_leaked_bytes);
-                rate_leaked_bytes = target;
-            }
-        }
+        leak_by_rate(&config, &clock, &mut leak, &mut rate_leaked_bytes);
         let work = sched.plan(clock.now_us());
-        let step_us =
-            config
-                .cost
-                .step_us(work.prefill_tokens, work.decode_seqs, work.context_tokens)
-                * (1.0 + config.drift_per_hour * hours);
+        let step_us = step_time_us(&config, work, hours);
         if work.is_empty() {
             // Nothing schedulable (every waiting client went away): wait for news.
             match tokio::time::timeout(Duration::from_millis(10), rx.recv()).await {
@@ -308,9 +313,7 @@ async fn run_engine(
             }
         }
         if config.leak_per_request_bytes > 0 || config.leak_rate_bytes_per_hour > 0 {
-            if let Ok(mut m) = metrics.lock() {
-                m.leaked_bytes = leak.held_bytes();
-            }
+            set_leaked(&metrics, &leak);
         }
     }
     // Drain messages that raced with the shutdown so their clients are not left hanging.
@@ -328,6 +331,35 @@ async fn run_engine(
         summary.truth_rows = t.finish()?;
     }
     Ok(summary)
+}
+
+/// Step time of a planned step, simulated µs: the cost model, grown by the drift.
+pub(crate) fn step_time_us(
+    config: &SimConfig,
+    work: crate::engine::StepWork,
+    sim_hours: f64,
+) -> f64 {
+    config
+        .cost
+        .step_us(work.prefill_tokens, work.decode_seqs, work.context_tokens)
+        * (1.0 + config.drift_per_hour * sim_hours)
+}
+
+fn leak_by_rate(config: &SimConfig, clock: &SimClock, leak: &mut Leak, leaked_so_far: &mut u64) {
+    if config.leak_rate_bytes_per_hour == 0 {
+        return;
+    }
+    let hours = clock.elapsed_sim_us() as f64 / 3.6e9;
+    let target = (config.leak_rate_bytes_per_hour as f64 * hours) as u64;
+    if target > *leaked_so_far {
+        leak.leak(target - *leaked_so_far);
+        *leaked_so_far = target;
+    }
+}
+
+fn set_leaked(metrics: &Mutex<MetricsState>, leak: &Leak) {
+    let mut m = metrics.lock().unwrap_or_else(|p| p.into_inner());
+    m.leaked_bytes = leak.held_bytes();
 }
 
 fn handle_msg(msg: EngineMsg, sched: &mut Scheduler) -> bool {
@@ -969,4 +1001,41 @@ async fn generate(
         StatusCode::OK,
         &json!({"id": id, "object": object, "created": created, "model": config.model, "choices": [choice], "usage": usage}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::StepWork;
+
+    #[test]
+    fn drift_grows_step_time_linearly_in_sim_hours() {
+        let config = SimConfig {
+            drift_per_hour: 0.10,
+            ..SimConfig::default()
+        };
+        let work = StepWork {
+            prefill_tokens: 100,
+            decode_seqs: 10,
+            context_tokens: 5000,
+        };
+        let base = step_time_us(&config, work, 0.0);
+        let expected = 6000.0 + 35.0 * 100.0 + 60.0 * 10.0 + 0.04 * 5000.0;
+        assert!((base - expected).abs() < 1e-6, "{base}");
+        assert!((step_time_us(&config, work, 2.0) - base * 1.2).abs() < 1e-6);
+        let flat = SimConfig::default();
+        assert_eq!(step_time_us(&flat, work, 10.0), base);
+    }
+
+    #[test]
+    fn block_hashes_chain() {
+        let a = block_hashes(&[1, 2, 3, 4, 5, 6, 7, 8, 9], 4);
+        assert_eq!(a.len(), 2);
+        let b = block_hashes(&[1, 2, 3, 4, 5, 6, 7, 9], 4);
+        assert_eq!(a[0], b[0]);
+        assert_ne!(a[1], b[1]);
+        // Same second block after a different first block: different hash (chained).
+        let c = block_hashes(&[0, 2, 3, 4, 5, 6, 7, 8], 4);
+        assert_ne!(a[1], c[1]);
+    }
 }
