@@ -30,8 +30,8 @@ pub trait RowSink: Send {
     fn buffered_rows(&self) -> u64;
     /// Bytes written to disk so far, all files together.
     fn bytes_written(&self) -> u64;
-    /// Flushes everything and closes the files.
-    fn close(self: Box<Self>) -> Result<(), SinkError>;
+    /// Flushes everything and closes the files; returns the total bytes written.
+    fn close(self: Box<Self>) -> Result<u64, SinkError>;
 }
 
 enum Message {
@@ -198,14 +198,15 @@ fn writer_loop(
     }
     if let Some(active) = sink.take() {
         let buffered = active.buffered_rows();
-        let bytes = active.bytes_written();
-        match active.close() {
-            Ok(()) => {}
+        let bytes_before_close = active.bytes_written();
+        let bytes = match active.close() {
+            Ok(bytes) => bytes,
             Err(err) => {
                 stats.rows_dropped.fetch_add(buffered, Ordering::Relaxed);
                 tracing::error!(error = %err, "closing the recording failed");
+                bytes_before_close
             }
-        }
+        };
         stats.bytes_written_open.store(0, Ordering::Relaxed);
         stats
             .bytes_written_closed

@@ -47,13 +47,18 @@ impl RowSink for ParquetSink {
         self.writer.bytes_written()
     }
 
-    fn close(self: Box<Self>) -> Result<(), SinkError> {
+    fn close(self: Box<Self>) -> Result<u64, SinkError> {
         let files = self
             .writer
             .close()
             .map_err(|err| SinkError(err.to_string()))?;
-        tracing::info!(files = files.len(), "recording closed");
-        Ok(())
+        let bytes = files
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len())
+            .sum();
+        tracing::info!(files = files.len(), bytes, "recording closed");
+        Ok(bytes)
     }
 }
 

@@ -258,8 +258,8 @@ impl RowSink for MemorySink {
     fn bytes_written(&self) -> u64 {
         0
     }
-    fn close(self: Box<Self>) -> Result<(), SinkError> {
-        Ok(())
+    fn close(self: Box<Self>) -> Result<u64, SinkError> {
+        Ok(0)
     }
 }
 

@@ -1,0 +1,384 @@
+//! Recording: one row per request under load, cancellations, fail-open with a stalled
+//! writer, no rows lost on shutdown, secrets never written, admin metrics.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use retrace_proxy::{ProxyArgs, RowSink, SinkError};
+use retrace_traces::{Outcome, TokenSource};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_equal_requests_under_500_concurrent_streams() {
+    let upstream = spawn_upstream(None).await;
+    let out = tempfile::tempdir().unwrap();
+    let mut config = proxy_config(&upstream.url(), out.path());
+    config.admin = retrace_proxy::AdminListen::On("127.0.0.1:0".parse().unwrap());
+    let proxy = retrace_proxy::spawn(config).await.unwrap();
+    let url = format!("http://{}/v1/chat/completions", proxy.local_addr());
+    let client = h1_client();
+    let mut tasks = tokio::task::JoinSet::new();
+    let n = 500u32;
+    for i in 0..n {
+        let client = client.clone();
+        let url = url.clone();
+        tasks.spawn(async move {
+            let tokens = 1 + i % 20;
+            let body = json!({"model":"m","stream":true,"max_tokens":tokens,"messages":[{"role":"user","content":format!("request {i}")}]});
+            let (status, _, bytes) = post(&client, &url, &body, &[("x-test-gap-ms", "5")]).await;
+            assert_eq!(status, 200);
+            assert!(bytes.ends_with(b"data: [DONE]\n\n"));
+            tokens
+        });
+    }
+    let mut expected_tokens = 0u64;
+    let deadline = Duration::from_secs(120);
+    tokio::time::timeout(deadline, async {
+        while let Some(result) = tasks.join_next().await {
+            expected_tokens += u64::from(result.unwrap());
+        }
+    })
+    .await
+    .expect("500 streams finish in time");
+
+    let admin = proxy.admin_addr().unwrap();
+    let (status, _, metrics) = get(&format!("http://{admin}/metrics")).await;
+    assert_eq!(status, 200);
+    let metrics = String::from_utf8_lossy(&metrics).to_string();
+    assert!(
+        metrics.contains("retrace_proxy_requests_total{status=\"200\",outcome=\"ok\"} 500"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("retrace_proxy_upstream_latency_seconds_count 500"));
+    assert!(metrics.contains("retrace_proxy_added_latency_seconds_bucket"));
+    assert!(metrics.contains("retrace_proxy_in_flight 0"));
+    let (status, _, health) = get(&format!("http://{admin}/healthz")).await;
+    assert_eq!((status, &health[..]), (200, &b"ok\n"[..]));
+
+    let stats = proxy.shutdown(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(stats.rows_dropped, 0);
+    let rows = read_rows(out.path());
+    assert_eq!(rows.len(), n as usize);
+    let tokens: u64 = rows
+        .iter()
+        .map(|r| u64::from(r.output_tokens.unwrap()))
+        .sum();
+    assert_eq!(tokens, expected_tokens);
+    assert!(rows
+        .iter()
+        .all(|r| r.status == Some(200) && r.outcome == Outcome::Ok));
+    let mut ids: Vec<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), n as usize, "request ids are unique");
+    assert!(stats.bytes_written > 0);
+}
+
+async fn get(url: &str) -> (u16, http::HeaderMap, Bytes) {
+    let response = h1_client().get(url.parse().unwrap()).await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (
+        status,
+        headers,
+        response.into_body().collect().await.unwrap().to_bytes(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_cancellation_is_recorded_with_tokens_so_far() {
+    let upstream = spawn_upstream(None).await;
+    let out = tempfile::tempdir().unwrap();
+    let sink = MemorySink::default();
+    let mut config = proxy_config(&upstream.url(), out.path());
+    sink.install(&mut config);
+    let proxy = retrace_proxy::spawn(config).await.unwrap();
+    for client in [h1_client(), h2_client()] {
+        let body = json!({"stream":true,"max_tokens":50,"prompt":"x"});
+        let request = Request::post(format!("http://{}/v1/completions", proxy.local_addr()))
+            .header("x-test-gap-ms", "100")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        let mut body = response.into_body();
+        for _ in 0..3 {
+            body.frame().await.unwrap().unwrap();
+        }
+        drop(body);
+        drop(client);
+    }
+    assert!(wait_for(Duration::from_secs(20), || sink.rows().len() == 2).await);
+    for row in sink.rows() {
+        assert_eq!(row.outcome, Outcome::ClientCancelled);
+        let tokens = row.output_tokens.unwrap();
+        assert!((3..50).contains(&tokens), "tokens so far: {tokens}");
+        assert_eq!(row.output_tokens_source, TokenSource::Counted);
+    }
+    assert_eq!(proxy.stats().in_flight, 0);
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_writer_does_not_slow_clients_and_recording_resumes() {
+    let upstream = spawn_upstream(None).await;
+    let out = tempfile::tempdir().unwrap();
+    let sink = MemorySink::default();
+    sink.stall.store(true, Ordering::Relaxed);
+    let mut config = proxy_config(&upstream.url(), out.path());
+    config.queue_capacity = 8;
+    sink.install(&mut config);
+    let proxy = retrace_proxy::spawn(config).await.unwrap();
+    let url = format!("http://{}/v1/chat/completions", proxy.local_addr());
+    let client = h1_client();
+    let body = json!({"stream":true,"max_tokens":3,"messages":[{"role":"user","content":"x"}]});
+    // The writer is blocked for good: if the hot path waited for it, these would hang.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        for _ in 0..60 {
+            let (status, _, bytes) = post(&client, &url, &body, &[]).await;
+            assert_eq!(status, 200);
+            assert!(bytes.ends_with(b"[DONE]\n\n"));
+        }
+    })
+    .await
+    .expect("clients are served while the writer is stalled");
+    let stats = proxy.stats();
+    // The writer took at most one row before blocking, the queue holds 8.
+    assert!(stats.rows_dropped >= 60 - 9, "{stats:?}");
+    sink.stall.store(false, Ordering::Relaxed);
+    assert!(wait_for(Duration::from_secs(10), || proxy.stats().queue_depth == 0).await);
+    for _ in 0..5 {
+        post(&client, &url, &body, &[]).await;
+    }
+    let stats = proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+    let rows = sink.rows().len() as u64;
+    assert_eq!(
+        rows + stats.rows_dropped,
+        65,
+        "every request is either a row or counted"
+    );
+    assert!(rows >= 5, "recording resumed");
+}
+
+/// A sink whose first pushes fail, as on a full disk.
+struct FailingSink {
+    inner: MemorySink,
+    failures_left: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl RowSink for FailingSink {
+    fn push(&mut self, row: retrace_traces::RequestRow) -> Result<(), SinkError> {
+        if self.failures_left.load(Ordering::Relaxed) > 0 {
+            self.failures_left.fetch_sub(1, Ordering::Relaxed);
+            return Err(SinkError("No space left on device".into()));
+        }
+        self.inner.push(row)
+    }
+    fn tick(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+    fn buffered_rows(&self) -> u64 {
+        0
+    }
+    fn bytes_written(&self) -> u64 {
+        0
+    }
+    fn close(self: Box<Self>) -> Result<u64, SinkError> {
+        Ok(0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_errors_drop_rows_and_recording_resumes_in_a_new_sink() {
+    let upstream = spawn_upstream(None).await;
+    let out = tempfile::tempdir().unwrap();
+    let memory = MemorySink::default();
+    let failures_left = Arc::new(std::sync::atomic::AtomicU32::new(2));
+    let created = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut config = proxy_config(&upstream.url(), out.path());
+    let (m, f, c) = (memory.clone(), failures_left.clone(), created.clone());
+    config.sink_factory = Some(Arc::new(move || {
+        c.fetch_add(1, Ordering::Relaxed);
+        Ok(Box::new(FailingSink {
+            inner: m.clone(),
+            failures_left: f.clone(),
+        }) as Box<dyn RowSink>)
+    }));
+    let proxy = retrace_proxy::spawn(config).await.unwrap();
+    let url = format!("http://{}/v1/completions", proxy.local_addr());
+    let body = json!({"max_tokens":2,"prompt":"x"});
+    for _ in 0..3 {
+        assert_eq!(post(&h1_client(), &url, &body, &[]).await.0, 200);
+    }
+    // The writer retries creating a sink every 2 s; keep traffic coming until it does.
+    let mut sent = 3;
+    while memory.rows().is_empty() && sent < 40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        post(&h1_client(), &url, &body, &[]).await;
+        sent += 1;
+    }
+    let stats = proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert!(!memory.rows().is_empty(), "recording resumed");
+    assert!(
+        created.load(Ordering::Relaxed) >= 2,
+        "a new sink was created"
+    );
+    assert!(stats.write_errors >= 1);
+    assert_eq!(memory.rows().len() as u64 + stats.rows_dropped, sent);
+}
+
+fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_under_load_drains_and_loses_no_rows() {
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        proxy: ProxyArgs,
+    }
+    let upstream = spawn_upstream(None).await;
+    let out = tempfile::tempdir().unwrap();
+    let listen = free_port();
+    let cli = Cli::try_parse_from([
+        "proxy",
+        "--listen",
+        &listen.to_string(),
+        "--upstream",
+        &upstream.url(),
+        "--out",
+        out.path().to_str().unwrap(),
+        "--admin",
+        "off",
+        "--drain-timeout",
+        "20s",
+        "--flush-interval",
+        "200ms",
+    ])
+    .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let proxy = tokio::spawn(retrace_proxy::run(cli.proxy, async move {
+        let _ = stop_rx.await;
+    }));
+    assert!(
+        wait_for(Duration::from_secs(10), || std::net::TcpStream::connect(
+            listen
+        )
+        .is_ok())
+        .await
+    );
+    let url = format!("http://{listen}/v1/chat/completions");
+    let client = h1_client();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..100 {
+        let (client, url) = (client.clone(), url.clone());
+        tasks.spawn(async move {
+            let body = json!({"stream":true,"max_tokens":10,"messages":[{"role":"user","content":format!("{i}")}]});
+            post(&client, &url, &body, &[("x-test-gap-ms", "50")]).await
+        });
+    }
+    // Stop while the streams (10 × 50 ms each) are in flight.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop_tx.send(()).unwrap();
+    let mut complete = 0;
+    while let Some(result) = tasks.join_next().await {
+        let (status, _, bytes) = result.unwrap();
+        assert_eq!(status, 200);
+        if bytes.ends_with(b"data: [DONE]\n\n") {
+            complete += 1;
+        }
+    }
+    assert_eq!(complete, 100, "in-flight streams were drained to their end");
+    let code = tokio::time::timeout(Duration::from_secs(60), proxy)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, 0);
+    let rows = read_rows(out.path());
+    assert_eq!(rows.len(), 100);
+    assert!(rows
+        .iter()
+        .all(|r| r.outcome == Outcome::Ok && r.output_tokens == Some(10)));
+    let leftovers: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| !e.path().extension().is_some_and(|x| x == "parquet"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "no temp files after a clean shutdown: {leftovers:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_recording() {
+    let upstream = spawn_upstream(None).await;
+    let out = tempfile::tempdir().unwrap();
+    let mut config = proxy_config(&upstream.url(), out.path());
+    config.capture_content = true;
+    let proxy = retrace_proxy::spawn(config).await.unwrap();
+    let base = format!("http://{}", proxy.local_addr());
+    let secrets = [
+        ("authorization", "Bearer sk-SECRET-bearer-7f3a"),
+        ("x-api-key", "SECRET-xapikey-19ab"),
+        ("api-key", "SECRET-apikey-55cd"),
+        ("cookie", "session=SECRET-cookie-0e21"),
+        ("proxy-authorization", "Basic SECRET-proxyauth-77"),
+    ];
+    let body = json!({"model":"m","stream":true,"max_tokens":3,"messages":[{"role":"user","content":"the visible prompt"}]});
+    for client in [h1_client(), h2_client()] {
+        for path in ["/v1/chat/completions", "/v1/models"] {
+            let (status, _, _) = post(&client, &format!("{base}{path}"), &body, &secrets).await;
+            assert_eq!(status, 200);
+        }
+    }
+    // Authorization reaches the upstream (the proxy is transparent) ...
+    assert!(upstream.seen.lock().unwrap()[0]
+        .headers
+        .iter()
+        .any(|(k, v)| k == "authorization" && v.contains("sk-SECRET")));
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+    let rows = read_rows(out.path());
+    assert_eq!(rows.len(), 4);
+    assert!(
+        rows[0]
+            .prompt_text
+            .as_deref()
+            .unwrap()
+            .contains("the visible prompt"),
+        "content is captured"
+    );
+    assert_eq!(rows[0].response_text.as_deref(), Some(" w0 w1 w2"));
+    // ... but no secret is in any decoded row (files are compressed, so check decoded) ...
+    let decoded = serde_json::to_string(&rows).unwrap();
+    assert!(decoded.contains("the visible prompt"));
+    assert!(!decoded.contains("SECRET"), "{decoded}");
+    // ... nor in the raw bytes of any file of the output directory.
+    let mut files = 0;
+    for entry in std::fs::read_dir(out.path()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        files += 1;
+        for (_, secret) in secrets {
+            let needle = secret.split_once("SECRET").unwrap().1.as_bytes();
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{secret} leaked"
+            );
+        }
+        assert!(!bytes.windows(6).any(|w| w == b"SECRET"));
+    }
+    assert!(files >= 1);
+}
