@@ -315,7 +315,7 @@ async fn shutdown_under_load_drains_and_loses_no_rows() {
     let leftovers: Vec<_> = std::fs::read_dir(out.path())
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| !e.path().extension().is_some_and(|x| x == "parquet"))
+        .filter(|e| e.path().extension().is_none_or(|x| x != "parquet"))
         .collect();
     assert!(
         leftovers.is_empty(),
