@@ -71,12 +71,12 @@ pub(crate) fn run_hist() -> Histogram<u64> {
 fn rec32(h: &mut Option<Histogram<u32>>, v: u64) {
     let h = h.get_or_insert_with(window_hist);
     // Values past i64::MAX/2 cannot be tracked; they are absurd for µs anyway.
-    let _ = h.record(v.max(1));
+    let _ = h.record(v);
 }
 
 #[inline]
 fn rec64(h: &mut Histogram<u64>, v: u64) {
-    let _ = h.record(v.max(1));
+    let _ = h.record(v);
 }
 
 /// One result row, as the hot loop sees it.

@@ -239,6 +239,7 @@ const PAGE_JS: &str = r#"
       var scales = { x: { time: !!c.time }, y: { auto: true } };
       if (hasY2) scales.y2 = { auto: true };
       var opts = { width: width, height: 300, series: series, axes: axes, scales: scales,
+                   tzDate: function(ts){ return uPlot.tzDate(new Date(ts * 1e3), 'Etc/UTC'); },
                    plugins: (c.marks && c.marks.length) ? [marksPlugin(c.marks)] : [] };
       var cols = [c.x].concat(c.series.map(function(s){ return s.values; }));
       new uPlot(opts, cols, box);

@@ -12,6 +12,7 @@ mod ingest;
 pub mod report;
 pub mod slo;
 pub mod stats;
+pub mod synth;
 
 use std::path::PathBuf;
 

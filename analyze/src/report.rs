@@ -553,6 +553,14 @@ pub(crate) fn fmt_utc(us: i64) -> String {
     )
 }
 
+fn fmt_p(p: f64) -> String {
+    if p < 1e-6 {
+        "< 1e-6".to_string()
+    } else {
+        format!("= {p:.1e}")
+    }
+}
+
 fn fmt_pct(f: f64) -> String {
     if f.abs() < 0.01 {
         format!("{:.2}%", f * 100.0)
@@ -1718,7 +1726,7 @@ fn verdicts(r: &Report, config: &AnalyzeConfig) -> Vec<Verdict> {
             },
             fmt_us(d.slope_us_per_hour.abs()),
             if d.significant {
-                format!(" (significant, p = {:.1e})", d.p_value)
+                format!(" (significant, p {})", fmt_p(d.p_value))
             } else {
                 " (trend not significant)".into()
             }
@@ -1743,11 +1751,11 @@ fn verdicts(r: &Report, config: &AnalyzeConfig) -> Vec<Verdict> {
             if worse { Severity::Warn } else { Severity::Info },
             headline,
             format!(
-                "Theil–Sen slope over {} windows (median {}), {:+.0}% over the run (Mann–Kendall p = {:.2e}); step found by CUSUM{}",
+                "Theil–Sen slope over {} windows (median {}), {:+.0}% over the run (Mann–Kendall p {}); step found by CUSUM{}",
                 d.windows,
                 fmt_us(d.median_us),
                 d.change_over_run * 100.0,
-                d.p_value,
+                fmt_p(d.p_value),
                 d.step
                     .as_ref()
                     .map(|s| format!(" at {}", fmt_utc(s.at_us)))
@@ -1837,7 +1845,7 @@ fn verdicts(r: &Report, config: &AnalyzeConfig) -> Vec<Verdict> {
         let long = s.classes.iter().find(|c| c.name == "long");
         let headline = match worst_class {
             Some(c) if c.name != "long" && long.is_some() => format!(
-                "Starvation: {} prompts' p99 TTFT is {:.0}× their p50 ({} vs {}) while long prompts are in flight (long prompts: {:.0}×)",
+                "Starvation: {} prompts' p99 TTFT is {:.0}× their p50 ({} vs {}) while long prompts are in flight (long prompts: {:.1}×)",
                 c.name,
                 c.ratio,
                 fmt_us(c.ttft_p99_us),
