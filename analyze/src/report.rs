@@ -1094,10 +1094,13 @@ fn starvation(agg: &Agg, windows: &[WindowStats], threshold: f64) -> Starvation 
             }
         }
     }
-    let flagged = overall_ratio.is_some_and(|r| r > threshold)
-        || (!judged.is_empty()
-            && windows_flagged * 10 >= judged.len().max(1)
-            && windows_flagged > 0);
+    // Judge per window where there are enough windows: a whole-run ratio mixes windows
+    // of different load (a ramp) and would call overload starvation.
+    let flagged = if judged.len() >= 6 {
+        windows_flagged * 10 >= judged.len()
+    } else {
+        overall_ratio.is_some_and(|r| r > threshold)
+    };
     Starvation {
         ratio_threshold: threshold,
         overall_ratio,

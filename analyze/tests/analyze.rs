@@ -230,8 +230,10 @@ fn capacity_cliff_is_located() {
     assert!(c.sentence.starts_with("Supports"), "{}", c.sentence);
     assert!(c.saturation.is_some());
     assert!(c.bottleneck.is_some(), "{}", c.bottleneck_evidence);
-    // Drift is not judged on a ramp (load changes on purpose).
+    // Drift is not judged on a ramp (load changes on purpose), and overload past the
+    // cliff is not starvation.
     assert!(report.drift.is_empty());
+    assert!(!report.starvation.flagged, "{:?}", report.starvation);
 }
 
 #[test]
@@ -561,6 +563,10 @@ fn html_report_renders_its_charts_in_a_headless_browser() {
     let html_path = tmp.path().join("report.html");
     report.write_html(&html_path).unwrap();
     let html = std::fs::read_to_string(&html_path).unwrap();
+    // For looking at it: RETRACE_KEEP_HTML=/tmp/report.html cargo test ...
+    if let Ok(keep) = std::env::var("RETRACE_KEEP_HTML") {
+        std::fs::write(keep, &html).unwrap();
+    }
     assert!(html.contains("uPlot") && html.contains("retrace-data"));
     assert!(!html.contains("src=\"http"), "the page must work offline");
     for id in [
