@@ -278,6 +278,9 @@ impl<R: Row> Iterator for RowIter<R> {
 /// directly is an error, as is any file with a newer major schema version.
 pub fn read_rows<R: Row>(inputs: &[PathBuf]) -> Result<RowIter<R>, TracesError> {
     let files = expand_tagged(inputs)?;
+    // Every file holds one decoded batch while merging: smaller batches when there are
+    // many files keep the total bounded (~64 Ki rows).
+    let batch_rows = (65_536 / files.len().max(1)).clamp(256, READ_BATCH_ROWS);
     let mut sources = Vec::new();
     for (path, explicit) in files {
         let b = open_builder(&path)?;
@@ -292,7 +295,7 @@ pub fn read_rows<R: Row>(inputs: &[PathBuf]) -> Result<RowIter<R>, TracesError> 
             continue;
         }
         let reader = b
-            .with_batch_size(READ_BATCH_ROWS)
+            .with_batch_size(batch_rows)
             .build()
             .map_err(|e| pq_err(&path, e))?;
         sources.push(Source {
