@@ -175,6 +175,17 @@ impl SimHandle {
     }
 }
 
+impl Drop for SimHandle {
+    /// A handle dropped without `shutdown` still stops the server (the truth file is then
+    /// finished in the background, if the runtime lives long enough).
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop_accept.take() {
+            let _ = stop.send(());
+            let _ = self.engine_tx.send(EngineMsg::Shutdown);
+        }
+    }
+}
+
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -438,39 +449,40 @@ struct SseStream {
 
 impl SseStream {
     fn push_token(&mut self, out: &mut BytesMut, finish: Option<Finish>) {
+        use std::fmt::Write as _;
         let word = tokenizer::word(self.word_seed, self.index);
         self.index += 1;
         let reason = match finish {
-            Some(f) => format!("\"{}\"", f.reason.as_str()),
-            None => "null".to_string(),
+            Some(f) => f.reason.as_str(),
+            None => "",
+        };
+        let (q, reason) = if reason.is_empty() {
+            ("", "null")
+        } else {
+            ("\"", reason)
         };
         out.extend_from_slice(self.prefix.as_bytes());
-        if self.chat {
-            out.extend_from_slice(
-                format!(
-                    "{{\"index\":0,\"delta\":{{\"content\":\" {word}\"}},\"logprobs\":null,\"finish_reason\":{reason}}}]}}\n\n"
-                )
-                .as_bytes(),
-            );
+        // Written straight into the frame buffer: this is the per-token hot path.
+        let _ = if self.chat {
+            write!(
+                out,
+                "{{\"index\":0,\"delta\":{{\"content\":\" {word}\"}},\"logprobs\":null,\"finish_reason\":{q}{reason}{q}}}]}}\n\n"
+            )
         } else {
-            out.extend_from_slice(
-                format!(
-                    "{{\"index\":0,\"text\":\" {word}\",\"logprobs\":null,\"finish_reason\":{reason},\"stop_reason\":null}}]}}\n\n"
-                )
-                .as_bytes(),
-            );
-        }
+            write!(
+                out,
+                "{{\"index\":0,\"text\":\" {word}\",\"logprobs\":null,\"finish_reason\":{q}{reason}{q},\"stop_reason\":null}}]}}\n\n"
+            )
+        };
         if let Some(f) = finish {
             if self.include_usage {
                 out.extend_from_slice(self.prefix.as_bytes());
-                out.extend_from_slice(
-                    format!(
-                        "],\"usage\":{{\"prompt_tokens\":{},\"total_tokens\":{},\"completion_tokens\":{}}}}}\n\n",
-                        f.prompt_tokens,
-                        f.prompt_tokens + f.output_tokens,
-                        f.output_tokens
-                    )
-                    .as_bytes(),
+                let _ = write!(
+                    out,
+                    "],\"usage\":{{\"prompt_tokens\":{},\"total_tokens\":{},\"completion_tokens\":{}}}}}\n\n",
+                    f.prompt_tokens,
+                    f.prompt_tokens + f.output_tokens,
+                    f.output_tokens
                 );
             }
             out.extend_from_slice(b"data: [DONE]\n\n");
@@ -1025,6 +1037,98 @@ mod tests {
         assert!((step_time_us(&config, work, 2.0) - base * 1.2).abs() < 1e-6);
         let flat = SimConfig::default();
         assert_eq!(step_time_us(&flat, work, 10.0), base);
+    }
+
+    /// Drives the real engine task over its channel on a paused tokio clock: token times
+    /// follow the cost model exactly, whatever the speedup.
+    async fn token_times(speedup: f64) -> (Vec<i64>, Vec<i64>, u64) {
+        let config = SimConfig {
+            speedup,
+            kv_blocks: 8,
+            block_size: 16,
+            max_model_len: 128,
+            cost: crate::CostModel {
+                step_overhead_us: 10_000.0,
+                // Whole milliseconds at 1× and 2×: tokio's timer has 1 ms resolution.
+                prefill_per_token_us: 2_000.0,
+                ..crate::CostModel::ZERO
+            },
+            ..SimConfig::default()
+        };
+        let clock = SimClock::start(speedup);
+        let metrics = Arc::new(Mutex::new(MetricsState::default()));
+        let (engine_tx, engine_rx) = mpsc::unbounded_channel();
+        let engine = tokio::spawn(run_engine(
+            config,
+            clock,
+            Arc::clone(&metrics),
+            engine_rx,
+            None,
+        ));
+        let mut receivers = Vec::new();
+        let start_us = clock.now_us();
+        // Two requests of 100 + 20 tokens: 8 blocks hold 128 tokens, so the second one
+        // cannot grow alongside the first and gets preempted.
+        for id in ["a", "b"] {
+            let (tx, rx) = mpsc::unbounded_channel();
+            engine_tx
+                .send(EngineMsg::Submit(NewRequest {
+                    request_id: id.to_string(),
+                    endpoint: "completions",
+                    arrival_us: start_us,
+                    prompt_tokens: 50,
+                    prefix_hashes: Vec::new(),
+                    max_tokens: 20,
+                    eos_at: None,
+                    tx,
+                }))
+                .expect("engine alive");
+            receivers.push(rx);
+        }
+        // One reader per request, so each event is timed when it is sent.
+        let readers: Vec<_> = receivers
+            .into_iter()
+            .map(|mut rx| {
+                tokio::spawn(async move {
+                    let mut t = Vec::new();
+                    while let Some(event) = rx.recv().await {
+                        t.push(clock.now_us() - start_us);
+                        if matches!(event, SeqEvent::Last(_)) {
+                            break;
+                        }
+                    }
+                    t
+                })
+            })
+            .collect();
+        let mut times = Vec::new();
+        for r in readers {
+            times.push(r.await.expect("reader"));
+        }
+        engine_tx.send(EngineMsg::Shutdown).expect("engine alive");
+        let summary = engine.await.expect("engine task").expect("engine ok");
+        let b = times.pop().unwrap_or_default();
+        let a = times.pop().unwrap_or_default();
+        (a, b, summary.preemptions_total)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn engine_timing_follows_the_cost_model_on_a_paused_clock() {
+        let (a1, b1, pre1) = token_times(1.0).await;
+        let (a2, b2, pre2) = token_times(2.0).await;
+        assert_eq!(a1.len(), 20);
+        assert_eq!(b1.len(), 20);
+        // First step prefills both prompts: 10 ms + 100 × 2 ms = 210 ms.
+        assert_eq!(a1[0], 210_000);
+        assert_eq!(b1[0], 210_000);
+        // Then decode steps of 10 ms each while both fit.
+        assert_eq!(a1[1] - a1[0], 10_000);
+        assert!(
+            pre1 >= 1,
+            "two 70-token sequences cannot share 128 tokens of KV"
+        );
+        // Same simulated times and the same preemptions at 2× speed.
+        assert_eq!((&a1, &b1, pre1), (&a2, &b2, pre2));
     }
 
     #[test]

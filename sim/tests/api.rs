@@ -269,3 +269,68 @@ async fn metrics_add_up_to_requests_sent() {
     assert!(text.contains("vllm:num_requests_waiting{model_name=\"sim-7b\"} 0"));
     sim.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_prior_knowledge_streams() {
+    use http_body_util::{BodyExt, Full};
+    let sim = start(fast_config()).await;
+    let h2: hyper_util::client::legacy::Client<_, Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let body =
+        json!({"prompt": "a b", "max_tokens": 4, "stream": true, "ignore_eos": true}).to_string();
+    let req = http::Request::post(format!("{}/v1/completions", sim.base_url()))
+        .header("x-request-id", "h2-1")
+        .body(Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let resp = h2.request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.headers()["x-request-id"], "h2-1");
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert_eq!(text.matches("\"text\":").count(), 4, "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    sim.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eos_is_deterministic_per_request_and_respects_min_tokens() {
+    let sim = start(fast_config()).await;
+    let c = client();
+    let url = format!("{}/v1/completions", sim.base_url());
+    let mut stopped = 0;
+    for i in 0..16 {
+        let body =
+            json!({"prompt": format!("prompt number {i}"), "max_tokens": 30, "min_tokens": 10})
+                .to_string();
+        let a = post(&c, &url, &body, &[]).await.json();
+        let b = post(&c, &url, &body, &[]).await.json();
+        let n = a["usage"]["completion_tokens"].as_u64().unwrap();
+        assert_eq!(
+            n,
+            b["usage"]["completion_tokens"].as_u64().unwrap(),
+            "same request, same EOS"
+        );
+        assert_eq!(
+            a["choices"][0]["text"], b["choices"][0]["text"],
+            "same text"
+        );
+        assert!((10..=30).contains(&n), "{n}");
+        if a["choices"][0]["finish_reason"] == "stop" {
+            stopped += 1;
+        }
+    }
+    assert!(
+        (1..16).contains(&stopped),
+        "some but not all stop early: {stopped}"
+    );
+    sim.shutdown().await.unwrap();
+}
