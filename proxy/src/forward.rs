@@ -578,6 +578,7 @@ pub(crate) async fn handle(
     }
 
     let recognized = !matches!(endpoint, Endpoint::Other(_));
+    let is_head = parts.method == http::Method::HEAD;
     let mut strip_usage = false;
     let forward_body = if config.include_usage && recognized && parts.method == http::Method::POST {
         // Read ahead up to the cap so the body can be rewritten before it goes upstream.
@@ -695,6 +696,17 @@ pub(crate) async fn handle(
         strip_usage = false;
     }
     recording.status = Some(parts.status.as_u16());
+    let status = parts.status;
+    if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        // No body follows (and hyper would not poll one): the request ends with its head.
+        drop(body);
+        recording.finish(if is_success {
+            Outcome::Ok
+        } else {
+            Outcome::HttpError
+        });
+        return Ok(Response::from_parts(parts, ProxyBody::Full(None)));
+    }
     let observer_endpoint = if recognized {
         endpoint
     } else {

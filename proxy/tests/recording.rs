@@ -382,3 +382,76 @@ async fn secrets_never_reach_the_recording() {
     }
     assert!(files >= 1);
 }
+
+fn sample_row(i: u32) -> retrace_traces::RequestRow {
+    retrace_traces::RequestRow {
+        request_id: format!("killed-{i}"),
+        arrival_us: 1_700_000_000_000_000 + i64::from(i),
+        session_id: None,
+        endpoint: retrace_traces::Endpoint::Chat,
+        model: Some("m".into()),
+        stream: true,
+        prompt_tokens: Some(10),
+        prompt_tokens_source: TokenSource::Estimate,
+        max_tokens: Some(5),
+        message_count: Some(1),
+        output_tokens: Some(5),
+        output_tokens_source: TokenSource::Counted,
+        prefix_hashes: vec![],
+        status: Some(200),
+        outcome: Outcome::Ok,
+        ttfb_us: Some(1),
+        ttft_us: Some(2),
+        e2e_us: Some(3),
+        chunk_count: Some(5),
+        itl: None,
+        request_bytes: Some(10),
+        response_bytes: Some(10),
+        finish_reason: None,
+        prompt_text: None,
+        response_text: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_temp_files_of_a_killed_run_are_recovered_at_start() {
+    use retrace_traces::write::{RowWriter, WriterOptions};
+    let upstream = spawn_upstream(None).await;
+    let out = tempfile::tempdir().unwrap();
+    // A previous run that flushed 3 rows and was then SIGKILLed: its writer never closed.
+    let opts = WriterOptions::new(
+        out.path(),
+        "requests",
+        retrace_traces::schema::FileMeta::default(),
+    );
+    let mut killed = RowWriter::<retrace_traces::RequestRow>::create(opts).unwrap();
+    for i in 0..3 {
+        killed.push(sample_row(i)).unwrap();
+    }
+    killed.flush().unwrap();
+    std::mem::forget(killed);
+    assert!(
+        parquet_files(out.path()).is_empty(),
+        "only temp files so far"
+    );
+
+    let proxy = retrace_proxy::spawn(proxy_config(&upstream.url(), out.path()))
+        .await
+        .unwrap();
+    let url = format!("http://{}/v1/completions", proxy.local_addr());
+    post(
+        &h1_client(),
+        &url,
+        &json!({"max_tokens":2,"prompt":"x"}),
+        &[],
+    )
+    .await;
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+    let rows = read_rows(out.path());
+    let salvaged = rows
+        .iter()
+        .filter(|r| r.request_id.starts_with("killed-"))
+        .count();
+    assert_eq!(salvaged, 3, "flushed rows of the killed run are recovered");
+    assert_eq!(rows.len(), 4);
+}
