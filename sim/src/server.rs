@@ -432,6 +432,16 @@ impl http_body::Body for SimBody {
     fn is_end_stream(&self) -> bool {
         matches!(self, SimBody::Full(None))
     }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            // An exact size lets hyper send `content-length` instead of chunking.
+            SimBody::Full(b) => {
+                http_body::SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            SimBody::Sse(_) => http_body::SizeHint::default(),
+        }
+    }
 }
 
 struct SseStream {

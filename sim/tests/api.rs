@@ -334,3 +334,17 @@ async fn eos_is_deterministic_per_request_and_respects_min_tokens() {
     );
     sim.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_responses_carry_content_length() {
+    let sim = start(fast_config()).await;
+    let c = client();
+    let r = get(&c, &format!("{}/v1/models", sim.base_url())).await;
+    let len: usize = r.headers["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(len, r.body.len());
+    sim.shutdown().await.unwrap();
+}

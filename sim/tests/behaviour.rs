@@ -200,13 +200,13 @@ async fn truth_times_agree_with_the_client_at_speedup_1() {
         let truth_ttft_ms = (first.unwrap() - arrival) as f64 / 1e3;
         let client_ttft_ms = s.ttft.unwrap().as_secs_f64() * 1e3;
         // The client's TTFT includes sending and parsing; on a loaded 2-core box allow
-        // a little slack, but it must track the server's view (10..30 ms here).
+        // a little slack; TTFTs here differ by 20 ms per request, so it must track the server.
         assert!(
-            (client_ttft_ms - truth_ttft_ms).abs() < 8.0,
+            (client_ttft_ms - truth_ttft_ms).abs() < 15.0,
             "{id}: client {client_ttft_ms:.1} ms vs truth {truth_ttft_ms:.1} ms"
         );
         let truth_e2e_ms = (finish - arrival) as f64 / 1e3;
-        assert!((s.e2e.as_secs_f64() * 1e3 - truth_e2e_ms).abs() < 8.0);
+        assert!((s.e2e.as_secs_f64() * 1e3 - truth_e2e_ms).abs() < 15.0);
     }
 }
 
