@@ -261,7 +261,7 @@ fn bad_files_get_clear_messages() {
     let moon = sample("mooncake/mooncake_conversation_first300s.jsonl");
     let msg = bad_file(import_file(&moon, &opts));
     assert!(
-        msg.contains("does not look like a azure trace: missing column `TIMESTAMP`"),
+        msg.contains("does not look like the azure format: missing column `TIMESTAMP`"),
         "{msg}"
     );
     let missing_file = dir.path().join("nope.csv");

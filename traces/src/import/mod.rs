@@ -378,7 +378,7 @@ pub(crate) fn required(
         bad_file(
             path,
             format!(
-                "does not look like a {format} trace: missing column `{name}` (header: `{}`)",
+                "does not look like the {format} format: missing column `{name}` (header: `{}`)",
                 shorten(&header.joined(), 200)
             ),
         )
