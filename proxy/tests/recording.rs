@@ -455,3 +455,71 @@ async fn stale_temp_files_of_a_killed_run_are_recovered_at_start() {
     assert_eq!(salvaged, 3, "flushed rows of the killed run are recovered");
     assert_eq!(rows.len(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_longer_than_the_drain_timeout_are_cut_and_still_recorded() {
+    let upstream = spawn_upstream(None).await;
+    let out = tempfile::tempdir().unwrap();
+    let proxy = retrace_proxy::spawn(proxy_config(&upstream.url(), out.path()))
+        .await
+        .unwrap();
+    let body = json!({"stream":true,"max_tokens":3,"prompt":"x"});
+    let request = Request::post(format!("http://{}/v1/completions", proxy.local_addr()))
+        .header("x-test-gap-ms", "60000")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let response = h1_client().request(request).await.unwrap();
+    let mut body = response.into_body();
+    body.frame().await.unwrap().unwrap();
+    let started = std::time::Instant::now();
+    let stats = proxy.shutdown(Duration::from_millis(300)).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "shutdown is bounded by the drain timeout"
+    );
+    assert_eq!(stats.in_flight, 0);
+    let rows = read_rows(out.path());
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].outcome, Outcome::ClientCancelled);
+    assert_eq!(rows[0].output_tokens, Some(1));
+}
+
+/// Not a pass/fail test: prints what the proxy adds to time-to-first-byte. Run with
+/// `cargo test -p retrace-proxy --test recording -- --ignored --nocapture measure`.
+#[ignore]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn measure_added_latency() {
+    let upstream = spawn_upstream(None).await;
+    let out = tempfile::tempdir().unwrap();
+    let proxy = retrace_proxy::spawn(proxy_config(&upstream.url(), out.path()))
+        .await
+        .unwrap();
+    let client = h1_client();
+    let body = json!({"stream":true,"max_tokens":2,"messages":[{"role":"user","content":"x"}]});
+    let mut samples = [Vec::new(), Vec::new()];
+    for round in 0..600 {
+        let base = if round % 2 == 0 {
+            upstream.url()
+        } else {
+            format!("http://{}", proxy.local_addr())
+        };
+        let request = Request::post(format!("{base}/v1/chat/completions"))
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let start = std::time::Instant::now();
+        let response = client.request(request).await.unwrap();
+        let mut b = response.into_body();
+        b.frame().await.unwrap().unwrap();
+        samples[round % 2].push(start.elapsed().as_micros() as u64);
+        while b.frame().await.is_some() {}
+    }
+    for (name, s) in ["direct", "proxied"].iter().zip(samples.iter_mut()) {
+        s.sort_unstable();
+        println!(
+            "{name}: TTFB p50 {} us, p99 {} us",
+            s[s.len() / 2],
+            s[s.len() * 99 / 100]
+        );
+    }
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+}
