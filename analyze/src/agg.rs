@@ -477,6 +477,112 @@ impl Agg {
         }
     }
 
+    /// Merges another aggregate of the same run (another file read on another thread).
+    pub(crate) fn merge(&mut self, other: Agg) {
+        fn add_hist<T: hdrhistogram::Counter>(
+            a: &mut Option<Histogram<T>>,
+            b: Option<Histogram<T>>,
+        ) {
+            match (a.as_mut(), b) {
+                (_, None) => {}
+                (None, Some(b)) => *a = Some(b),
+                (Some(a), Some(b)) => {
+                    let _ = a.add(&b);
+                }
+            }
+        }
+        self.requests += other.requests;
+        self.ok += other.ok;
+        for (a, b) in self.errors.iter_mut().zip(other.errors) {
+            *a += b;
+        }
+        self.client_side_errors += other.client_side_errors;
+        self.first_send_us = self.first_send_us.min(other.first_send_us);
+        self.last_send_us = self.last_send_us.max(other.last_send_us);
+        self.last_end_us = self.last_end_us.max(other.last_end_us);
+        self.prompt_tokens_total += other.prompt_tokens_total;
+        self.output_tokens_total += other.output_tokens_total;
+        for (a, b) in [
+            (&mut self.ttft, &other.ttft),
+            (&mut self.tpot, &other.tpot),
+            (&mut self.itl, &other.itl),
+            (&mut self.e2e, &other.e2e),
+            (&mut self.lateness, &other.lateness),
+            (&mut self.prompt_tokens, &other.prompt_tokens),
+            (&mut self.output_tokens, &other.output_tokens),
+            (&mut self.in_flight, &other.in_flight),
+            (&mut self.queue_depth, &other.queue_depth),
+        ] {
+            let _ = a.add(b);
+        }
+        self.kv_peak = match (self.kv_peak, other.kv_peak) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.preemptions.merge(&other.preemptions);
+        for (a, b) in self.prompt_ttft.iter_mut().zip(other.prompt_ttft) {
+            add_hist(a, b);
+        }
+        for l in other.levels {
+            let i = self.level(l.phase.as_deref(), l.load_level);
+            let m = &mut self.levels[i];
+            m.requests += l.requests;
+            m.ok += l.ok;
+            for (a, b) in m.errors.iter_mut().zip(l.errors) {
+                *a += b;
+            }
+            m.first_send_us = m.first_send_us.min(l.first_send_us);
+            m.last_send_us = m.last_send_us.max(l.last_send_us);
+            m.last_end_us = m.last_end_us.max(l.last_end_us);
+            m.output_tokens += l.output_tokens;
+            m.in_flight_sum += l.in_flight_sum;
+            let _ = m.ttft.add(&l.ttft);
+            let _ = m.tpot.add(&l.tpot);
+            let _ = m.itl.add(&l.itl);
+            let _ = m.e2e.add(&l.e2e);
+        }
+        for (i, &c) in other.per_second.iter().enumerate() {
+            if c > 0 {
+                let sec_us = (other.sec_base + i as i64) * 1_000_000;
+                self.count_second(sec_us);
+                let pos = (sec_us / 1_000_000 - self.sec_base) as usize;
+                // count_second added one; make it the other's count.
+                self.per_second[pos] += c - 1;
+            }
+        }
+        for (i, w) in other.windows.into_iter().enumerate() {
+            if w.requests == 0 && w.queue.n == 0 && w.kv.n == 0 && w.running.n == 0 {
+                continue;
+            }
+            let t = (other.base + i as i64) * other.window_us;
+            let m = self.window_mut(t);
+            m.requests += w.requests;
+            m.ok += w.ok;
+            for (a, b) in m.errors.iter_mut().zip(w.errors) {
+                *a += b;
+            }
+            m.prompt_tokens += w.prompt_tokens;
+            m.output_tokens += w.output_tokens;
+            add_hist(&mut m.ttft, w.ttft);
+            add_hist(&mut m.tpot, w.tpot);
+            add_hist(&mut m.itl, w.itl);
+            add_hist(&mut m.e2e, w.e2e);
+            m.in_flight_sum += w.in_flight_sum;
+            m.lateness_max_us = m.lateness_max_us.max(w.lateness_max_us);
+            m.queue.merge(&w.queue);
+            m.running.merge(&w.running);
+            m.kv.merge(&w.kv);
+            m.preemptions.merge(&w.preemptions);
+        }
+        for (key, series) in other.memory {
+            let mine = self.memory.entry(key).or_default();
+            for (idx, acc) in series {
+                mine.entry(idx).or_default().merge(&acc);
+            }
+        }
+        self.samples += other.samples;
+    }
+
     /// Start time (µs) of window `pos`.
     pub(crate) fn window_start_us(&self, pos: usize) -> i64 {
         (self.base + pos as i64) * self.window_us

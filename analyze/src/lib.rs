@@ -134,11 +134,7 @@ fn aggregate_run(config: &AnalyzeConfig, paths: &[PathBuf]) -> Result<agg::Agg, 
             message: format!("no results-*.parquet files in {label}"),
         });
     }
-    let mut agg = agg::Agg::new(config.window_us);
-    let mut rows = 0;
-    for f in &files.results {
-        rows += ingest::read_results(f, &mut agg, basis(config))?;
-    }
+    let (mut agg, rows) = read_results_parallel(config, &files.results)?;
     if rows == 0 {
         return Err(AnalyzeError::BadInput {
             path: files.results[0].clone(),
@@ -149,6 +145,59 @@ fn aggregate_run(config: &AnalyzeConfig, paths: &[PathBuf]) -> Result<agg::Agg, 
         ingest::read_samples(f, &mut agg)?;
     }
     Ok(agg)
+}
+
+/// Reads results files on up to `available_parallelism` threads, one aggregate each,
+/// merged at the end (aggregates are small: per window, not per row).
+fn read_results_parallel(
+    config: &AnalyzeConfig,
+    files: &[PathBuf],
+) -> Result<(agg::Agg, u64), AnalyzeError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(files.len())
+        .max(1);
+    if threads == 1 {
+        let mut agg = agg::Agg::new(config.window_us);
+        let mut rows = 0;
+        for f in files {
+            rows += ingest::read_results(f, &mut agg, basis(config))?;
+        }
+        return Ok((agg, rows));
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Result<(agg::Agg, u64), AnalyzeError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut agg = agg::Agg::new(config.window_us);
+                    let mut rows = 0;
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(f) = files.get(i) else { break };
+                        rows += ingest::read_results(f, &mut agg, basis(config))?;
+                    }
+                    Ok((agg, rows))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(AnalyzeError::Usage("an analysis thread panicked".into()))
+                })
+            })
+            .collect()
+    });
+    let mut total = agg::Agg::new(config.window_us);
+    let mut rows = 0;
+    for r in results {
+        let (a, n) = r?;
+        rows += n;
+        total.merge(a);
+    }
+    Ok((total, rows))
 }
 
 fn read_production(paths: &[PathBuf]) -> Result<report::ProductionAgg, AnalyzeError> {

@@ -646,3 +646,35 @@ fn html_report_renders_its_charts_in_a_headless_browser() {
         "uPlot charts in the DOM"
     );
 }
+
+#[test]
+fn files_read_in_parallel_merge_to_the_same_numbers_as_one_pass() {
+    let tmp = tempfile::tempdir().unwrap();
+    let synth = Synth {
+        starved_short_fraction: 0.05,
+        error_rate: 0.01,
+        ..ramp(9.0)
+    };
+    let run = write_run(tmp.path(), &synth);
+    let from_files = analyze(&config(run)).unwrap();
+    let in_memory = analyze_rows(
+        &AnalyzeConfig::default(),
+        synth.results(),
+        synth.samples(),
+        None,
+    )
+    .unwrap();
+    let (a, b) = (&from_files.summary, &in_memory.summary);
+    assert_eq!(a.requests, b.requests);
+    assert_eq!(a.errors_by_kind, b.errors_by_kind);
+    assert_eq!(a.ttft.unwrap().p99, b.ttft.unwrap().p99);
+    assert_eq!(a.e2e.unwrap().p50, b.e2e.unwrap().p50);
+    assert_eq!(from_files.windows.len(), in_memory.windows.len());
+    for (x, y) in from_files.windows.iter().zip(&in_memory.windows) {
+        assert_eq!(x.requests, y.requests);
+        assert_eq!(x.ttft.map(|p| p.p99), y.ttft.map(|p| p.p99));
+    }
+    let (ca, cb) = (from_files.capacity.unwrap(), in_memory.capacity.unwrap());
+    assert_eq!(ca.cliff, cb.cliff);
+    assert_eq!(ca.levels.len(), cb.levels.len());
+}
