@@ -189,11 +189,33 @@ pub fn batches(
     Ok(reader.map(move |r| r.map_err(|e| bad_file(&path, e))))
 }
 
+/// Puts the file, and the row within the file (1-based), on an error of
+/// [`Row::from_batch`], which knows neither.
+fn locate(err: TracesError, path: &Path, rows_before: u64) -> TracesError {
+    match err {
+        TracesError::BadInput {
+            line,
+            field,
+            message,
+            ..
+        } => TracesError::BadInput {
+            path: path.to_path_buf(),
+            line: rows_before + line + 1,
+            field,
+            message,
+        },
+        TracesError::BadFile { message, .. } => bad_file(path, message),
+        other => bad_file(path, other),
+    }
+}
+
 /// One file's cursor in the merge: its reader and the decoded rows of the current batch.
 struct Source<R> {
     path: PathBuf,
     reader: ParquetRecordBatchReader,
     rows: std::vec::IntoIter<R>,
+    /// Rows of the file before the current batch.
+    rows_before: u64,
 }
 
 impl<R: Row> Source<R> {
@@ -208,8 +230,11 @@ impl<R: Row> Source<R> {
                 Err(e) => return Some(Err(bad_file(&self.path, e))),
             };
             match R::from_batch(&batch) {
-                Ok(rows) => self.rows = rows.into_iter(),
-                Err(e) => return Some(Err(bad_file(&self.path, e))),
+                Ok(rows) => {
+                    self.rows = rows.into_iter();
+                    self.rows_before += batch.num_rows() as u64;
+                }
+                Err(e) => return Some(Err(locate(e, &self.path, self.rows_before))),
             }
         }
     }
@@ -302,6 +327,7 @@ pub fn read_rows<R: Row>(inputs: &[PathBuf]) -> Result<RowIter<R>, TracesError> 
             path,
             reader,
             rows: Vec::new().into_iter(),
+            rows_before: 0,
         });
     }
     if sources.is_empty() {

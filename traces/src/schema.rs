@@ -47,8 +47,11 @@ pub trait Row: Sized + Send + 'static {
     fn schema() -> SchemaRef;
     /// Converts rows to one record batch of [`Row::schema`].
     fn to_batch(rows: &[Self]) -> Result<RecordBatch, TracesError>;
-    /// Converts a record batch back to rows. Errors name the column; missing nullable
-    /// columns read as nulls.
+    /// Converts a record batch back to rows; missing nullable columns read as nulls.
+    /// Errors name the column: `TracesError::BadFile` for a missing or mistyped column,
+    /// `TracesError::BadInput` for a bad value, with `line` the 0-based row in the batch;
+    /// both with an empty path, which the readers of `read` fill in (and make the row
+    /// 1-based within the file).
     fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>, TracesError>;
     /// The merge key: `arrival_us`, `intended_send_us` or `time_us`.
     fn time_us(&self) -> i64;
@@ -169,10 +172,23 @@ fn itl_fields() -> [Field; 5] {
     ]
 }
 
+/// A column-level problem (missing, wrong type). The path is filled in by the reader.
 fn bad(column: &str, message: impl std::fmt::Display) -> TracesError {
-    TracesError::Arrow(arrow_schema::ArrowError::SchemaError(format!(
-        "column `{column}`: {message}"
-    )))
+    TracesError::BadFile {
+        path: std::path::PathBuf::new(),
+        message: format!("column `{column}`: {message}"),
+    }
+}
+
+/// A bad value at a row of the batch (0-based here; the reader makes it 1-based within
+/// the file and fills in the path).
+fn bad_row(column: &str, row: usize, message: impl std::fmt::Display) -> TracesError {
+    TracesError::BadInput {
+        path: std::path::PathBuf::new(),
+        line: row as u64,
+        field: column.to_string(),
+        message: message.to_string(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -364,7 +380,7 @@ impl FloatCol<'_> {
 }
 
 fn req<T>(v: Option<T>, column: &str, row: usize) -> Result<T, TracesError> {
-    v.ok_or_else(|| bad(column, format!("row {row}: null in a required column")))
+    v.ok_or_else(|| bad_row(column, row, "null in a required column"))
 }
 
 fn conv<T: TryFrom<i128>>(
@@ -376,7 +392,7 @@ fn conv<T: TryFrom<i128>>(
         None => Ok(None),
         Some(x) => T::try_from(x)
             .map(Some)
-            .map_err(|_| bad(column, format!("row {row}: value {x} out of range"))),
+            .map_err(|_| bad_row(column, row, format!("value {x} out of range"))),
     }
 }
 
@@ -624,10 +640,7 @@ impl Row for RequestRow {
                 prefix_hashes: list_u64(prefix, i)?,
                 status: conv(status.get(i), "status", i)?,
                 outcome: Outcome::parse(outcome_str).ok_or_else(|| {
-                    bad(
-                        "outcome",
-                        format!("row {i}: unknown outcome {outcome_str:?}"),
-                    )
+                    bad_row("outcome", i, format!("unknown outcome {outcome_str:?}"))
                 })?,
                 ttfb_us: conv(ttfb.get(i), "ttfb_us", i)?,
                 ttft_us: conv(ttft.get(i), "ttft_us", i)?,
@@ -665,17 +678,14 @@ fn list_u64(list: Option<&ArrayRef>, row: usize) -> Result<Vec<u64>, TracesError
     (0..values.len())
         .map(|k| {
             let v = ints.get(k).ok_or_else(|| {
-                bad(
-                    "prefix_hashes",
-                    format!("row {row}: null hash at position {k}"),
-                )
+                bad_row("prefix_hashes", row, format!("null hash at position {k}"))
             })?;
             // Hashes are u64; a writer without unsigned types stores them as i64 bits.
             if v < 0 {
                 Ok(v as i64 as u64)
             } else {
                 u64::try_from(v)
-                    .map_err(|_| bad("prefix_hashes", format!("row {row}: {v} out of range")))
+                    .map_err(|_| bad_row("prefix_hashes", row, format!("{v} out of range")))
             }
         })
         .collect()
@@ -853,7 +863,7 @@ impl Row for ResultRow {
             let error_kind = match error_kind.get(i) {
                 None => None,
                 Some(s) => Some(ErrorKind::parse(s).ok_or_else(|| {
-                    bad("error_kind", format!("row {i}: unknown error kind {s:?}"))
+                    bad_row("error_kind", i, format!("unknown error kind {s:?}"))
                 })?),
             };
             out.push(ResultRow {
@@ -967,7 +977,7 @@ impl Row for SampleRow {
             out.push(SampleRow {
                 time_us: req(conv(time.get(i), "time_us", i)?, "time_us", i)?,
                 source: SampleSource::parse(src)
-                    .ok_or_else(|| bad("source", format!("row {i}: unknown source {src:?}")))?,
+                    .ok_or_else(|| bad_row("source", i, format!("unknown source {src:?}")))?,
                 name: req(name.get(i), "name", i)?.to_string(),
                 labels: labels.get(i).unwrap_or("").to_string(),
                 value: req(value.get(i), "value", i)?,

@@ -247,3 +247,35 @@ fn projected_batches_hold_only_the_asked_columns() {
     assert_eq!(all, RequestRow::schema().fields().len());
     let _: Vec<PathBuf> = Vec::new();
 }
+
+#[test]
+fn bad_value_error_names_file_row_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad-outcome.parquet");
+    let rows: Vec<RequestRow> = (0..9000).map(|i| sparse_request(i as u64)).collect();
+    let batch = RequestRow::to_batch(&rows).unwrap();
+    // Row 8500 (1-based 8501, in the second decoded batch) has an outcome nobody knows.
+    let outcomes: Vec<&str> = (0..9000)
+        .map(|i| if i == 8500 { "exploded" } else { "ok" })
+        .collect();
+    let idx = batch.schema().index_of("outcome").unwrap();
+    let mut columns = batch.columns().to_vec();
+    columns[idx] = std::sync::Arc::new(arrow_array::StringArray::from(outcomes));
+    let batch = arrow_array::RecordBatch::try_new(batch.schema(), columns).unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new(
+            "retrace.schema".into(),
+            "request".to_string(),
+        )]))
+        .build();
+    let f = std::fs::File::create(&path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let err = read_all::<RequestRow>(std::slice::from_ref(&path)).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("bad-outcome.parquet:8501: field `outcome`") && text.contains("exploded"),
+        "{text}"
+    );
+}
