@@ -260,6 +260,9 @@ struct OpenFile {
 /// A long-running writer of one row kind: batches rows, writes zstd Parquet with bounded
 /// row groups, rotates files by size and age, and makes rows durable every
 /// `flush_interval` so a crash loses at most that much (see the module docs).
+///
+/// Run one writer per `(dir, file_prefix)`: `create` treats every temp file of its prefix
+/// in `dir` as left behind by a crash and recovers it.
 pub struct RowWriter<R: Row> {
     opts: WriterOptions,
     schema: SchemaRef,
