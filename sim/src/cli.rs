@@ -277,6 +277,41 @@ mod tests {
         assert!((parse_drift("5%/h").unwrap() - 0.05).abs() < 1e-12);
     }
 
+    #[tokio::test]
+    async fn run_serves_until_shutdown_and_finishes_the_truth_file() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            sim: SimArgs,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let truth = dir.path().join("truth.parquet");
+        let truth_arg = truth.to_str().unwrap().to_string();
+        let cli =
+            Cli::try_parse_from(["sim", "--listen", "127.0.0.1:0", "--truth", &truth_arg]).unwrap();
+        let code = run(
+            cli.sim,
+            tokio::time::sleep(std::time::Duration::from_millis(50)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 0);
+        assert!(truth.exists(), "renamed into place on shutdown");
+        assert!(!dir.path().join("truth.parquet.tmp").exists());
+        // A truth path in a missing directory is an error naming the file.
+        let cli = Cli::try_parse_from([
+            "sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--truth",
+            "/nonexistent/x/t.parquet",
+        ])
+        .unwrap();
+        let err = run(cli.sim, async {}).await.unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/x/t.parquet.tmp"), "{err}");
+    }
+
     #[test]
     fn args_parse_into_config() {
         use clap::Parser;
