@@ -20,7 +20,7 @@ pub mod sse;
 pub mod write;
 
 pub use error::TracesError;
-pub use metrics::GapSummary;
+pub use metrics::{GapSummary, Latencies};
 pub use observe::{Observation, StreamObserver};
 pub use read::{batches, expand_inputs, file_meta, read_all, read_rows, RowIter};
 pub use rows::{
