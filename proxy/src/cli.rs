@@ -72,6 +72,10 @@ pub struct ProxyArgs {
     /// Start a new file once the current one is this old (e.g. `1h`).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub rotate_age: Duration,
+    /// The upstream's clock runs K times faster than real time (a `retrace sim --speedup K`):
+    /// recorded times and durations are scaled by K. 1 against a real server.
+    #[arg(long, default_value_t = 1.0)]
+    pub clock_speedup: f64,
     /// How often buffered rows are flushed to disk (the most a SIGKILL can lose).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub flush_interval: Duration,
@@ -85,6 +89,12 @@ impl ProxyArgs {
             return Err(ProxyError::Config(
                 "--queue-capacity must be at least 1".into(),
             ));
+        }
+        if !(self.clock_speedup.is_finite() && self.clock_speedup > 0.0) {
+            return Err(ProxyError::Config(format!(
+                "--clock-speedup {}: must be a positive number",
+                self.clock_speedup
+            )));
         }
         if self.flush_interval.is_zero() {
             return Err(ProxyError::Config(
@@ -109,6 +119,7 @@ impl ProxyArgs {
         config.rotate_size_bytes = self.rotate_size;
         config.rotate_age = self.rotate_age;
         config.flush_interval = self.flush_interval;
+        config.clock_speedup = self.clock_speedup;
         Ok(config)
     }
 }

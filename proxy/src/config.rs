@@ -117,6 +117,11 @@ pub struct ProxyConfig {
     pub flush_interval: Duration,
     /// Prefix block size in tokens.
     pub prefix_block_tokens: u32,
+    /// The upstream's clock runs this many times faster than real time (a sim with
+    /// `--speedup K`): recorded arrival times advance K× faster from the proxy's start and
+    /// every recorded duration is multiplied by K, so the recording is in the upstream's
+    /// simulated time. 1.0 against a real server.
+    pub clock_speedup: f64,
     /// Replaces the Parquet writer (tests inject slow or failing sinks). `None`: the
     /// real writer into `out`.
     pub sink_factory: Option<SinkFactory>,
@@ -163,6 +168,7 @@ impl ProxyConfig {
             rotate_age: Duration::from_secs(3600),
             flush_interval: Duration::from_secs(1),
             prefix_block_tokens: retrace_traces::DEFAULT_PREFIX_BLOCK_TOKENS,
+            clock_speedup: 1.0,
             sink_factory: None,
         }
     }

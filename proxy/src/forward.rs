@@ -40,6 +40,9 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Stats>,
     pub(crate) id_hasher: RandomState,
     pub(crate) id_counter: AtomicU64,
+    /// Wall clock (UTC µs) and monotonic instant at the proxy's start, for scaled times.
+    pub(crate) start_us: i64,
+    pub(crate) start: Instant,
 }
 
 impl Shared {
@@ -168,8 +171,10 @@ pub(crate) struct Recording {
 }
 
 impl Recording {
+    /// Time since arrival, in the upstream's clock (`clock_speedup`).
     fn offset_us(&self) -> u64 {
-        u64::try_from(self.arrival.elapsed().as_micros()).unwrap_or(u64::MAX)
+        let real_us = self.arrival.elapsed().as_micros() as f64;
+        (real_us * self.shared.config.clock_speedup) as u64
     }
 
     fn finish(&mut self, outcome: Outcome) {
@@ -377,7 +382,7 @@ impl Body for ResponseBody {
     }
 }
 
-fn now_us() -> i64 {
+pub(crate) fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
@@ -541,7 +546,9 @@ pub(crate) async fn handle(
     tls: bool,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let arrival = Instant::now();
-    let arrival_us = now_us();
+    // Arrival in the upstream's clock: the proxy's start plus scaled elapsed time.
+    let since_start_us = arrival.duration_since(shared.start).as_micros() as f64;
+    let arrival_us = shared.start_us + (since_start_us * shared.config.clock_speedup) as i64;
     shared.stats.requests_total.fetch_add(1, Ordering::Relaxed);
     shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
     let config = &shared.config;
@@ -690,7 +697,12 @@ pub(crate) async fn handle(
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let is_success = parts.status.is_success();
-    if strip_usage && is_success {
+    let is_sse = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+    if strip_usage && is_success && is_sse {
         parts.headers.remove(header::CONTENT_LENGTH);
     } else {
         strip_usage = false;

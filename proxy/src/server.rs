@@ -48,6 +48,12 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds the listeners and starts the proxy. `listen` may use port 0.
 pub async fn spawn(config: ProxyConfig) -> Result<ProxyHandle, ProxyError> {
+    if !(config.clock_speedup.is_finite() && config.clock_speedup > 0.0) {
+        return Err(ProxyError::Config(format!(
+            "clock_speedup {}: must be a positive number",
+            config.clock_speedup
+        )));
+    }
     let stats = Arc::new(Stats::new());
     let tokenizer = match &config.tokenizer {
         Some(path) => Some(Arc::new(Tokenizer::load(path)?)),
@@ -121,6 +127,8 @@ pub async fn spawn(config: ProxyConfig) -> Result<ProxyHandle, ProxyError> {
         stats: stats.clone(),
         id_hasher: RandomState::new(),
         id_counter: AtomicU64::new(0),
+        start_us: forward::now_us(),
+        start: std::time::Instant::now(),
     });
 
     let mut side_tasks = Vec::new();

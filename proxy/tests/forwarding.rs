@@ -96,7 +96,7 @@ async fn first_sse_byte_is_forwarded_before_the_stream_ends() {
     let proxy = retrace_proxy::spawn(config).await.unwrap();
     let body = json!({"stream":true,"max_tokens":5,"messages":[{"role":"user","content":"x"}]});
     let request = Request::post(format!("http://{}/v1/chat/completions", proxy.local_addr()))
-        .header("x-test-gap-ms", "300")
+        .header("x-test-gap-ms", "500")
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap();
     let start = Instant::now();
@@ -117,7 +117,7 @@ async fn first_sse_byte_is_forwarded_before_the_stream_ends() {
     let rows = sink.rows();
     let itl = rows[0].itl.unwrap();
     assert_eq!(itl.count, 4);
-    assert!(itl.p50_us >= 250_000, "{itl:?}");
+    assert!(itl.p50_us >= 450_000, "{itl:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,4 +373,33 @@ async fn upstream_failures_become_502_and_504_and_are_recorded() {
     );
     assert_eq!(rows[3].endpoint, Endpoint::Other("/stall".into()));
     assert_eq!(rows[3].output_tokens, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_speedup_scales_recorded_times() {
+    let upstream = spawn_upstream(None).await;
+    let out = tempfile::tempdir().unwrap();
+    let sink = MemorySink::default();
+    let mut config = proxy_config(&upstream.url(), out.path());
+    config.clock_speedup = 10.0;
+    sink.install(&mut config);
+    let proxy = retrace_proxy::spawn(config).await.unwrap();
+    let url = format!("http://{}/v1/completions", proxy.local_addr());
+    let body = json!({"stream":true,"max_tokens":4,"prompt":"x"});
+    let start = Instant::now();
+    post(&h1_client(), &url, &body, &[("x-test-gap-ms", "100")]).await;
+    let real_us = start.elapsed().as_micros() as u64;
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+    let row = &sink.rows()[0];
+    // 3 gaps of 100 ms real time are 1 s each in the upstream's 10× clock.
+    let itl = row.itl.unwrap();
+    assert!(itl.p50_us >= 900_000, "{itl:?}");
+    assert!(row.e2e_us.unwrap() >= 2_700_000 && row.e2e_us.unwrap() <= real_us * 10 + 10_000);
+    let bad = retrace_proxy::spawn({
+        let mut c = proxy_config(&upstream.url(), out.path());
+        c.clock_speedup = 0.0;
+        c
+    })
+    .await;
+    assert!(bad.err().unwrap().to_string().contains("clock_speedup"));
 }
