@@ -31,8 +31,13 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-fn word(seed: u64, index: u64) -> &'static str {
-    WORDS[(mix(seed ^ mix(index)) % WORDS.len() as u64) as usize]
+/// The built-in word list (before filtering for the target's tokenizer).
+pub fn all_words() -> Vec<&'static str> {
+    WORDS.to_vec()
+}
+
+fn word<'a>(words: &[&'a str], seed: u64, index: u64) -> &'a str {
+    words[(mix(seed ^ mix(index)) % words.len() as u64) as usize]
 }
 
 /// Tokens = `intercept` + `per_word` × words, for one request shape (chat or completion).
@@ -64,12 +69,15 @@ pub struct PromptFactory {
     pub adjust: HashMap<(bool, u32), i64>,
     /// Tokens per prefix block.
     pub block_tokens: u32,
+    /// The words texts are made of: those that are one token each for the target's
+    /// tokenizer when it could be asked, else the whole built-in list.
+    pub words: Vec<&'static str>,
 }
 
 impl PromptFactory {
     /// A factory from the 4-bytes-per-token estimate (no tokenizer available).
     pub fn estimated(block_tokens: u32) -> PromptFactory {
-        let sample = text_of(&[], "calibration", 1000, 1000);
+        let sample = text_of(WORDS, &[], "calibration", 1000, 1000);
         let per_word = f64::from(retrace_traces::prefix::estimate_tokens(&sample)) / 1000.0;
         let model = LinearModel {
             intercept: 0.0,
@@ -81,6 +89,7 @@ impl PromptFactory {
             completion: model,
             adjust: HashMap::new(),
             block_tokens,
+            words: WORDS.to_vec(),
         }
     }
 
@@ -98,33 +107,50 @@ impl PromptFactory {
         let block_words = (f64::from(self.block_tokens) / model.per_word)
             .round()
             .max(1.0) as u64;
-        text_of(prefix_hashes, request_id, words, block_words)
+        text_of(&self.words, prefix_hashes, request_id, words, block_words)
     }
 }
 
 /// `words` words: `block_words` per prefix hash, then the tail seeded by `tail_key`.
-pub fn text_of(prefix_hashes: &[u64], tail_key: &str, words: u64, block_words: u64) -> String {
+pub fn text_of(
+    vocabulary: &[&str],
+    prefix_hashes: &[u64],
+    tail_key: &str,
+    words: u64,
+    block_words: u64,
+) -> String {
+    let vocabulary = if vocabulary.is_empty() {
+        WORDS
+    } else {
+        vocabulary
+    };
     let mut out = String::with_capacity(words as usize * 6);
     let mut made = 0u64;
+    // The first word is always the same: SentencePiece tokenizers treat the word after a
+    // chat template's special tokens differently, so a fixed first word keeps every
+    // prompt's count equal to the count verified for its length.
+    let first = vocabulary[0];
     let push = |w: &str, out: &mut String| {
-        if !out.is_empty() {
+        if out.is_empty() {
+            out.push_str(first);
+        } else {
             out.push(' ');
+            out.push_str(w);
         }
-        out.push_str(w);
     };
     'blocks: for &hash in prefix_hashes {
         for i in 0..block_words {
             if made >= words {
                 break 'blocks;
             }
-            push(word(hash, i), &mut out);
+            push(word(vocabulary, hash, i), &mut out);
             made += 1;
         }
     }
     let tail_seed = crate::schedule::stable_hash(tail_key);
     let mut i = 0;
     while made < words {
-        push(word(tail_seed, i), &mut out);
+        push(word(vocabulary, tail_seed, i), &mut out);
         i += 1;
         made += 1;
     }
@@ -150,6 +176,7 @@ mod tests {
             },
             adjust: HashMap::new(),
             block_tokens: 16,
+            words: all_words(),
         };
         let a = f.text(false, 40, &[11, 22], "a");
         let b = f.text(false, 40, &[11, 33], "b");

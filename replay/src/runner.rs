@@ -212,6 +212,8 @@ pub struct ReplaySummary {
     pub prompt_tokens_source: TokenSource,
     /// Whether the run was stopped early (shutdown or duration).
     pub interrupted: bool,
+    /// Responses whose `usage.prompt_tokens` differed from the prompt length meant.
+    pub prompt_token_mismatches: u64,
 }
 
 impl ReplaySummary {
@@ -452,15 +454,31 @@ async fn discover(req: &Requester, config: &ReplayConfig) -> Result<TargetInfo, 
     })
 }
 
-/// Counts tokens of a prompt with the server's `/tokenize`, shaped like the request.
+/// Counts tokens of a prompt with the server's `/tokenize`, shaped like the request, so the
+/// count is what the server's `usage.prompt_tokens` will say.
 async fn count_tokens(req: &Requester, target: &TargetInfo, chat: bool, text: &str) -> Option<u32> {
     let url = format!("{}/tokenize", target.base);
+    let messages = json!([{"role": "user", "content": text}]);
     let body = match (target.kind, chat) {
-        (ServerKind::Llamacpp, false) => json!({ "content": text }),
-        (ServerKind::Llamacpp, true) => return None,
-        (_, true) => {
-            json!({ "model": target.model, "messages": [{"role": "user", "content": text}] })
+        // llama.cpp: usage counts BOS (`add_special`), and chat goes through its template.
+        (ServerKind::Llamacpp, false) => json!({ "content": text, "add_special": true }),
+        (ServerKind::Llamacpp, true) => {
+            let template_url = format!("{}/apply-template", target.base);
+            let (status, _, value) = req
+                .json(
+                    Method::POST,
+                    &template_url,
+                    Some(&json!({ "messages": messages })),
+                )
+                .await
+                .ok()?;
+            let prompt = value
+                .get("prompt")
+                .and_then(Value::as_str)
+                .filter(|_| status.is_success())?;
+            json!({ "content": prompt, "add_special": true })
         }
+        (_, true) => json!({ "model": target.model, "messages": messages }),
         (_, false) => json!({ "model": target.model, "prompt": text }),
     };
     let (status, _, value) = req.json(Method::POST, &url, Some(&body)).await.ok()?;
@@ -477,6 +495,30 @@ async fn count_tokens(req: &Requester, target: &TargetInfo, chat: bool, text: &s
                 .map(|t| t.len() as u64)
         })
         .map(|c| c as u32)
+}
+
+/// Keeps the words that cost exactly one token each, repeated, for the target's tokenizer
+/// (two bounded `/tokenize` calls per word), so lengths stay exact whatever words a prompt
+/// draws. None when the server cannot tokenize.
+async fn one_token_words(req: &Requester, target: &TargetInfo) -> Option<Vec<&'static str>> {
+    let probe = |w: &'static str, n: usize| {
+        let text = vec![w; n].join(" ");
+        async move { count_tokens(req, target, false, &text).await }
+    };
+    let mut kept = Vec::new();
+    for chunk in crate::prompt::all_words().chunks(8) {
+        let checks = chunk.iter().map(|&w| async move {
+            let (four, eight) = (probe(w, 4).await?, probe(w, 8).await?);
+            Some((w, eight.checked_sub(four) == Some(4)))
+        });
+        for result in futures_util::future::join_all(checks).await {
+            let (w, one) = result?;
+            if one {
+                kept.push(w);
+            }
+        }
+    }
+    Some(kept)
 }
 
 /// Most distinct lengths verified per request shape (the rest use the fitted model).
@@ -503,6 +545,15 @@ async fn calibrate(
                 .unwrap_or(row.prompt_tokens),
         );
     }
+    let Some(words) = one_token_words(req, target).await else {
+        return factory;
+    };
+    // Too few single-token words would make texts repetitive; the fitted model and
+    // per-length verification then carry the exactness instead.
+    if words.len() >= 16 {
+        factory.words = words;
+    }
+    let vocabulary = factory.words.clone();
     let mut verified_any = false;
     for (chat, lengths) in shapes {
         // Fit tokens = a + b·words on two sizes.
@@ -511,14 +562,14 @@ async fn calibrate(
             req,
             target,
             chat,
-            &crate::prompt::text_of(&[], "calibration", n1, 1),
+            &crate::prompt::text_of(&vocabulary, &[], "calibration", n1, 1),
         )
         .await;
         let t2 = count_tokens(
             req,
             target,
             chat,
-            &crate::prompt::text_of(&[], "calibration", n2, 1),
+            &crate::prompt::text_of(&vocabulary, &[], "calibration", n2, 1),
         )
         .await;
         let (Some(t1), Some(t2)) = (t1, t2) else {
@@ -549,7 +600,13 @@ async fn calibrate(
                     let mut delta = 0i64;
                     for _ in 0..3 {
                         let words = (model.words_for(len) as i64 + delta).max(1) as u64;
-                        let text = crate::prompt::text_of(&[], &format!("verify-{len}"), words, 1);
+                        let text = crate::prompt::text_of(
+                            &factory.words,
+                            &[],
+                            &format!("verify-{len}"),
+                            words,
+                            1,
+                        );
                         let Some(count) = count_tokens(req, target, chat, &text).await else {
                             break;
                         };
@@ -599,6 +656,7 @@ struct Live {
     ok: AtomicU64,
     errors: AtomicU64,
     in_flight: AtomicU64,
+    prompt_mismatches: AtomicU64,
     idle: Notify,
     errors_by_kind: Mutex<BTreeMap<String, u64>>,
     ttft_us: Mutex<Histogram<u64>>,
@@ -807,6 +865,12 @@ async fn send_one(shared: Arc<Shared>, p: Planned, intended: Instant, in_flight:
         .map(Latencies::from_observation)
         .unwrap_or_default();
     let obs = measured.obs.unwrap_or_default();
+    if obs
+        .usage_prompt_tokens
+        .is_some_and(|u| u != p.prompt_tokens)
+    {
+        live.prompt_mismatches.fetch_add(1, Ordering::Relaxed);
+    }
     let result = ResultRow {
         request_id: p.request_id,
         session_id: p.session_id,
@@ -1069,6 +1133,7 @@ pub async fn replay(
             ok: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            prompt_mismatches: AtomicU64::new(0),
             idle: Notify::new(),
             errors_by_kind: Mutex::new(BTreeMap::new()),
             ttft_us: Mutex::new(histogram()),
@@ -1277,6 +1342,7 @@ pub async fn replay(
         model: shared.target.model.clone(),
         prompt_tokens_source: shared.prompts.source,
         interrupted,
+        prompt_token_mismatches: live.prompt_mismatches.load(Ordering::SeqCst),
     };
     // Every request task has finished (drained or cancelled); closing the channel ends
     // the writer thread.
@@ -1325,6 +1391,7 @@ fn write_summary_json(config: &ReplayConfig, s: &ReplaySummary) -> Result<(), Re
         "achieved_rps": s.achieved_rps, "ttft_p50_us": s.ttft_p50_us, "ttft_p99_us": s.ttft_p99_us,
         "e2e_p99_us": s.e2e_p99_us, "server_kind": s.server_kind.name(), "model": s.model,
         "prompt_tokens_source": s.prompt_tokens_source.as_str(), "interrupted": s.interrupted,
+        "prompt_token_mismatches": s.prompt_token_mismatches,
         "results_files": s.results_files, "samples_files": s.samples_files,
     });
     let path = config.out_dir.join("summary.json");

@@ -292,6 +292,8 @@ async fn prompt_token_counts_are_exact_and_prefixes_shared() {
         summary.errors_by_kind
     );
     assert_eq!(summary.prompt_tokens_source, TokenSource::Tokenizer);
+    // Only the chat prompts of 1 and 7 tokens cannot be made: the template alone is 7.
+    assert_eq!(summary.prompt_token_mismatches, 2);
     sim.shutdown().await.unwrap();
     let truth = truth(&truth_path);
     for r in &trace {
@@ -534,4 +536,79 @@ async fn shutdown_cancels_in_flight_and_files_are_complete() {
         .iter()
         .any(|(k, _)| k == "retrace.client_limited"));
     assert!(dir.path().join("summary.json").exists());
+}
+
+/// A real llama.cpp server (tiny model) from `scripts/llama-server.sh`; None (test skipped
+/// with a note) when it is not installed here.
+struct Llama {
+    url: String,
+    port: String,
+}
+
+impl Llama {
+    fn start() -> Option<Llama> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/llama-server.sh");
+        let out = std::process::Command::new(&script)
+            .args(["start", "--parallel", "4"])
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            eprintln!(
+                "llama.cpp not available, skipping: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return None;
+        }
+        let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let port = url.rsplit(':').next()?.to_string();
+        Some(Llama { url, port })
+    }
+}
+
+impl Drop for Llama {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/llama-server.sh");
+        let _ = std::process::Command::new(script)
+            .args(["stop", "--port", &self.port])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_llama_cpp_prompt_lengths_and_detection() {
+    let Some(llama) = Llama::start() else { return };
+    let mut trace = Vec::new();
+    for (i, &len) in [5u32, 40, 300, 1000].iter().enumerate() {
+        for (j, ep) in [Endpoint::Chat, Endpoint::Completions]
+            .into_iter()
+            .enumerate()
+        {
+            trace.push(row(i * 2 + j, 20_000 * (i * 2 + j) as i64, len, 4, ep));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(trace.clone(), &llama.url, dir.path());
+    c.sample_interval = Duration::from_millis(100);
+    let summary = tokio::time::timeout(Duration::from_secs(120), replay(c, never()))
+        .await
+        .unwrap()
+        .unwrap();
+    eprintln!("llama.cpp: {summary:?}");
+    assert_eq!(summary.server_kind, retrace_replay::ServerKind::Llamacpp);
+    assert_eq!(
+        summary.ok,
+        trace.len() as u64,
+        "{:?}",
+        summary.errors_by_kind
+    );
+    assert_eq!(summary.prompt_tokens_source, TokenSource::Tokenizer);
+    // The chat template costs more than 5 tokens: that one prompt cannot be exact.
+    assert_eq!(
+        summary.prompt_token_mismatches, 1,
+        "only the 5-token chat prompt is off"
+    );
+    for r in results(dir.path()) {
+        assert_eq!(r.output_tokens, Some(4), "{}", r.request_id);
+        assert!(r.ttft_us.is_some());
+    }
 }
