@@ -40,7 +40,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&out)?;
     let t0 = Instant::now();
     // N = 0: analyze what is already in OUT_DIR (to measure the analysis alone).
-    let synth = if n == 0 { Synth { duration_us: 0, ..synth } } else { synth };
+    let synth = if n == 0 {
+        Synth {
+            duration_us: 0,
+            ..synth
+        }
+    } else {
+        synth
+    };
     let mut chunk: Vec<ResultRow> = Vec::with_capacity(1 << 20);
     let mut file = 0;
     let mut written = 0u64;

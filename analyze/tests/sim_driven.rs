@@ -1,0 +1,124 @@
+//! Real runs: `retrace_replay::replay` against `retrace_sim::spawn` on loopback, then
+//! `analyze` on what the replay wrote. Run with `cargo test -p retrace-analyze --features
+//! sim-tests`. Bounded: a few thousand requests, under a minute of real time.
+#![cfg(feature = "sim-tests")]
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use retrace_analyze::stats::GrowthShape;
+use retrace_analyze::{analyze, AnalyzeConfig};
+use retrace_replay::{replay, ReplayConfig, TraceInput};
+use retrace_sim::{spawn, SimConfig};
+use retrace_traces::{Endpoint, Outcome, RequestRow, TokenSource};
+
+/// Simulated minutes per real second.
+const SPEEDUP: f64 = 60.0;
+
+fn trace(n: usize, gap_us: i64) -> Vec<RequestRow> {
+    (0..n)
+        .map(|i| RequestRow {
+            request_id: format!("req-{i}"),
+            arrival_us: 1_700_000_000_000_000 + i as i64 * gap_us,
+            session_id: None,
+            endpoint: Endpoint::Completions,
+            model: None,
+            stream: true,
+            prompt_tokens: Some(50 + (i % 7) as u32 * 20),
+            prompt_tokens_source: TokenSource::Imported,
+            max_tokens: None,
+            message_count: None,
+            output_tokens: Some(8),
+            output_tokens_source: TokenSource::Imported,
+            prefix_hashes: vec![],
+            status: Some(200),
+            outcome: Outcome::Ok,
+            ttfb_us: None,
+            ttft_us: None,
+            e2e_us: None,
+            chunk_count: None,
+            itl: None,
+            request_bytes: None,
+            response_bytes: None,
+            finish_reason: None,
+            prompt_text: None,
+            response_text: None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_leak_is_found_within_30_simulated_minutes_and_slos_gate() {
+    let sim = spawn(
+        SimConfig {
+            speedup: SPEEDUP,
+            leak_rate_bytes_per_hour: 512 << 20,
+            seed: 7,
+            ..SimConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // 30 simulated minutes at 1 request per simulated second: 30 real seconds.
+    let mut c = ReplayConfig::new(
+        TraceInput::Rows(trace(1800, 1_000_000)),
+        sim.base_url(),
+        dir.path(),
+    );
+    c.clock_speedup = SPEEDUP;
+    c.request_timeout = Duration::from_secs(60);
+    c.sample_interval = Duration::from_millis(250);
+    let run = tokio::time::timeout(
+        Duration::from_secs(240),
+        replay(c, std::future::pending::<()>()),
+    )
+    .await
+    .expect("replay finished in time")
+    .unwrap();
+    assert!(run.ok > 1500, "{run:?}");
+    sim.shutdown().await.unwrap();
+
+    let mut config = AnalyzeConfig::new(vec![dir.path().to_path_buf()]);
+    config.slos = vec![
+        "ttft_p95=30s"
+            .parse::<retrace_analyze::SloArg>()
+            .map(spec)
+            .unwrap(),
+        "error_rate=1%"
+            .parse::<retrace_analyze::SloArg>()
+            .map(spec)
+            .unwrap(),
+    ];
+    let report = analyze(&config).unwrap();
+    assert!(report.summary.requests >= 1500);
+    assert!(
+        report.summary.samples > 0,
+        "the replay sampled the sim's /metrics"
+    );
+    let server = report
+        .memory
+        .iter()
+        .find(|m| m.series.starts_with("server_rss_bytes"))
+        .unwrap_or_else(|| panic!("no server memory series: {:?}", report.memory));
+    assert_eq!(server.shape, GrowthShape::Linear, "{server:?}");
+    assert!(
+        (250.0..900.0).contains(&server.slope_mb_per_hour),
+        "{server:?}"
+    );
+    assert_eq!(report.exit_code(), 0, "{}", report.render_terminal());
+
+    config.slos = vec!["ttft_p50=1us"
+        .parse::<retrace_analyze::SloArg>()
+        .map(spec)
+        .unwrap()];
+    assert_eq!(analyze(&config).unwrap().exit_code(), 1);
+}
+
+fn spec(a: retrace_analyze::SloArg) -> retrace_analyze::SloSpec {
+    match a {
+        retrace_analyze::SloArg::Spec(s) => s,
+        retrace_analyze::SloArg::Seed => unreachable!(),
+    }
+}
