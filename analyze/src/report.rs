@@ -2226,3 +2226,44 @@ impl Report {
         o
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn formats_times_and_durations() {
+        assert_eq!(fmt_utc(0), "1970-01-01 00:00:00Z");
+        assert_eq!(fmt_utc(1_764_531_900_000_000), "2025-11-30 19:45:00Z");
+        assert_eq!(fmt_utc(951_782_400_000_000), "2000-02-29 00:00:00Z");
+        assert_eq!(fmt_offset(6120.0), "01:42:00");
+        assert_eq!(fmt_us(2_500_000.0), "2.50 s");
+        assert_eq!(fmt_us(35_000.0), "35.0 ms");
+        assert_eq!(fmt_us(800.0), "800 µs");
+    }
+
+    #[test]
+    fn terminal_summary_puts_verdicts_before_numbers() {
+        let synth = crate::synth::Synth {
+            starved_short_fraction: 0.06,
+            ..crate::synth::Synth::default()
+        };
+        let config = AnalyzeConfig {
+            slos: crate::slo::seed_slos(),
+            ..AnalyzeConfig::default()
+        };
+        let report = crate::analyze_rows(&config, synth.results(), synth.samples(), None).unwrap();
+        let text = report.render_terminal();
+        let verdicts = text.find("Verdicts").unwrap();
+        let numbers = text.find("Numbers").unwrap();
+        assert!(verdicts < numbers);
+        assert!(text.contains("Starvation"), "{text}");
+        assert!(text.contains("no coordinated omission"));
+        // Severity order: worst first.
+        let sev: Vec<Severity> = report.verdicts().iter().map(|v| v.severity).collect();
+        let mut sorted = sev.clone();
+        sorted.sort();
+        assert_eq!(sev, sorted);
+    }
+}
