@@ -771,6 +771,25 @@ fn dispatch_thread(
     }
 }
 
+/// The open loop on the runtime's timer: each request at `start + offset / k`, an absolute
+/// deadline (a slow `send` never shifts later requests), never waiting for responses.
+async fn open_loop_on_runtime_timer(
+    plan: impl Iterator<Item = Planned>,
+    start: Instant,
+    k: f64,
+    stopped: &AtomicBool,
+    mut send: impl FnMut(Planned, Instant),
+) {
+    for p in plan {
+        let deadline = start + Duration::from_secs_f64(p.offset_us as f64 / 1e6 / k);
+        tokio::time::sleep_until(deadline).await;
+        if stopped.load(Ordering::SeqCst) {
+            break;
+        }
+        send(p, deadline);
+    }
+}
+
 /// What one request came to.
 struct Measured {
     status: Option<u16>,
@@ -1174,16 +1193,11 @@ pub async fn replay(
                 None if shared.config.spin_window.is_zero() => {
                     // Runtime timer only: millisecond-grained, but testable with
                     // `tokio::time::pause()`.
-                    for p in plan {
-                        let deadline =
-                            start + Duration::from_secs_f64(p.offset_us as f64 / 1e6 / k);
-                        tokio::time::sleep_until(deadline).await;
-                        if stopped.load(Ordering::SeqCst) {
-                            break;
-                        }
+                    open_loop_on_runtime_timer(plan, start, k, &stopped, |p, deadline| {
                         let in_flight = begin(&shared.live);
                         tokio::spawn(send_one(shared.clone(), p, deadline, in_flight));
-                    }
+                    })
+                    .await;
                 }
                 None => {
                     // A dedicated thread keeps the deadlines (OS sleep, then a short spin) and
@@ -1544,4 +1558,99 @@ fn make_progress(config: &ReplayConfig, planned: u64) -> Option<indicatif::Progr
         bar.set_style(style);
     }
     Some(bar)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::schedule::schedule;
+
+    fn rows(offsets_us: &[i64]) -> Arc<[TraceRequest]> {
+        offsets_us
+            .iter()
+            .enumerate()
+            .map(|(i, &o)| TraceRequest {
+                request_id: format!("r{i}"),
+                session_id: None,
+                arrival_us: 1_000_000 + o,
+                endpoint: Endpoint::Chat,
+                stream: true,
+                prompt_tokens: 10,
+                output_tokens: 2,
+                prefix_hashes: vec![],
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_loop_sends_on_absolute_deadlines() {
+        let trace = rows(&[0, 1_500, 2_500, 40_000, 40_001, 1_000_000]);
+        let plan = schedule(
+            trace,
+            &ScheduleConfig {
+                speed: 2.0,
+                ..ScheduleConfig::default()
+            },
+        )
+        .unwrap();
+        let start = Instant::now() + Duration::from_millis(5);
+        let stopped = AtomicBool::new(false);
+        let mut sent = Vec::new();
+        // K = 10: the target's clock runs 10× faster, so real deadlines are offset / 10.
+        open_loop_on_runtime_timer(plan, start, 10.0, &stopped, |p, deadline| {
+            // The runtime timer has 1 ms ticks: never early, never a tick late.
+            let now = Instant::now();
+            assert!(
+                now >= deadline && now - deadline < Duration::from_millis(1),
+                "{:?}",
+                now - deadline
+            );
+            sent.push((p.request_id, deadline - start));
+        })
+        .await;
+        let expected: Vec<(String, Duration)> = [0u64, 750, 1_250, 20_000, 20_000, 500_000]
+            .iter()
+            .enumerate()
+            .map(|(i, &us)| {
+                (
+                    format!("r{i}"),
+                    Duration::from_secs_f64(us as f64 / 1e6 / 10.0),
+                )
+            })
+            .collect();
+        assert_eq!(sent.len(), expected.len());
+        for ((id, at), (want_id, want_at)) in sent.iter().zip(&expected) {
+            assert_eq!(id, want_id);
+            assert!(
+                at.abs_diff(*want_at) <= Duration::from_micros(1),
+                "{id}: {at:?} vs {want_at:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_loop_stops_when_told() {
+        let trace = rows(&[0, 1_000_000, 2_000_000, 3_000_000]);
+        let plan = schedule(trace, &ScheduleConfig::default()).unwrap();
+        let stopped = AtomicBool::new(false);
+        let mut count = 0;
+        open_loop_on_runtime_timer(plan, Instant::now(), 1.0, &stopped, |_, _| {
+            count += 1;
+            if count == 2 {
+                stopped.store(true, Ordering::SeqCst);
+            }
+        })
+        .await;
+        assert_eq!(count, 2);
+    }
+
+    #[test]
+    fn base_url_accepts_v1_suffix() {
+        assert_eq!(
+            base_of("http://127.0.0.1:8000/v1/"),
+            "http://127.0.0.1:8000"
+        );
+        assert_eq!(base_of(" http://h:1 "), "http://h:1");
+    }
 }

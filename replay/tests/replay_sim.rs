@@ -612,3 +612,43 @@ async fn real_llama_cpp_prompt_lengths_and_detection() {
         assert!(r.ttft_us.is_some());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_limited_is_marked_and_process_is_sampled() {
+    let sim = spawn(SimConfig::default(), loopback()).await.unwrap();
+    let trace: Vec<RequestRow> = (0..20)
+        .map(|i| row(i, 30_000 * i as i64, 20, 2, Endpoint::Completions))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(trace, &sim.base_url(), dir.path());
+    // No client can send with zero lateness: the run must say it was client-limited.
+    c.max_lateness = Duration::ZERO;
+    c.sample_interval = Duration::from_millis(100);
+    c.process = Some(retrace_replay::runner::ProcessSelector::Pid(
+        std::process::id(),
+    ));
+    let summary = replay(c, never()).await.unwrap();
+    sim.shutdown().await.unwrap();
+    assert!(summary.client_limited);
+    let samples = retrace_traces::read::read_all::<SampleRow>(&[dir.path().to_path_buf()]).unwrap();
+    let flag = samples.iter().find(|s| s.name == "client_limited").unwrap();
+    assert_eq!(flag.value, 1.0);
+    let rss = samples
+        .iter()
+        .find(|s| s.source == SampleSource::Process && s.name == "rss_bytes")
+        .unwrap();
+    assert!(rss.value > 1e6, "our own RSS is over 1 MB: {}", rss.value);
+    assert!(samples
+        .iter()
+        .any(|s| s.source == SampleSource::Process && s.name == "cpu_percent"));
+    let meta = retrace_traces::read::file_meta(&dir.path().join("samples-summary.parquet"))
+        .unwrap()
+        .1;
+    assert!(meta
+        .extra
+        .contains(&("retrace.client_limited".to_string(), "true".to_string())));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("summary.json")).unwrap()).unwrap();
+    assert_eq!(json["client_limited"], true);
+    assert_eq!(json["sent"], 20);
+}
