@@ -538,6 +538,41 @@ fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// The request body, when all of it went through the tee (complete, within the cap).
+fn replayable_body(tee: &Mutex<Tee>) -> Option<Bytes> {
+    let tee = tee.lock().ok()?;
+    (tee.complete && !tee.overflow && tee.buf.len() as u64 == tee.bytes)
+        .then(|| Bytes::copy_from_slice(&tee.buf))
+}
+
+/// Whether an upstream error means the connection closed before any response came: EOF
+/// or a reset while waiting for the response head, not a timeout or a connect failure.
+fn closed_before_response(err: &hyper_util::client::legacy::Error) -> bool {
+    if err.is_connect() {
+        return false;
+    }
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(hyper_err) = e.downcast_ref::<hyper::Error>() {
+            if hyper_err.is_incomplete_message() || hyper_err.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+            ) {
+                return true;
+            }
+        }
+        current = e.source();
+    }
+    false
+}
+
 /// Handles one client request. Never fails: upstream trouble becomes a 502/504.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
@@ -586,6 +621,9 @@ pub(crate) async fn handle(
 
     let recognized = !matches!(endpoint, Endpoint::Other(_));
     let is_head = parts.method == http::Method::HEAD;
+    // The whole request body, when it is known to be in memory: allows one retry on a
+    // pooled connection the upstream closed under us.
+    let mut replay: Option<Bytes> = None;
     let mut strip_usage = false;
     let forward_body = if config.include_usage && recognized && parts.method == http::Method::POST {
         // Read ahead up to the cap so the body can be rewritten before it goes upstream.
@@ -634,6 +672,9 @@ pub(crate) async fn handle(
             t.complete = ended;
             t.overflow = !parsed_whole;
         }
+        if ended && pending.is_none() {
+            replay = Some(prefix.clone());
+        }
         ForwardBody {
             prefix: Some(prefix).filter(|p| !p.is_empty()),
             pending,
@@ -648,18 +689,46 @@ pub(crate) async fn handle(
             pending: None,
             rest: Some(body),
             tee: tee.clone(),
-            copy: recognized,
+            // Copied for every path (parsed only for the two understood ones): the copy
+            // is what a retry on a closed pooled connection resends.
+            copy: true,
             cap: config.max_parse_bytes,
         }
     };
 
+    let retry_head = (
+        parts.method.clone(),
+        parts.uri.clone(),
+        parts.headers.clone(),
+    );
     let upstream_request = Request::from_parts(parts, forward_body);
     let sent = Instant::now();
-    let result = tokio::time::timeout(
-        config.first_byte_timeout,
-        shared.client.request(upstream_request),
-    )
-    .await;
+    let deadline = tokio::time::Instant::now() + config.first_byte_timeout;
+    let mut result =
+        tokio::time::timeout_at(deadline, shared.client.request(upstream_request)).await;
+    if let Ok(Err(err)) = &result {
+        // A keep-alive connection the upstream closed just as we reused it fails before
+        // any response: the request was not processed, so it is sent once more on a new
+        // connection, when its body can be replayed from memory.
+        let body = replay.or_else(|| replayable_body(&tee));
+        if let (true, Some(body)) = (closed_before_response(err), body) {
+            tracing::debug!(error = %err, "upstream closed a pooled connection: retrying once");
+            let (method, uri, headers) = retry_head;
+            let mut request = Request::new(ForwardBody {
+                prefix: Some(body).filter(|b| !b.is_empty()),
+                pending: None,
+                rest: None,
+                tee: tee.clone(),
+                copy: false,
+                cap: config.max_parse_bytes,
+            });
+            *request.method_mut() = method;
+            *request.uri_mut() = uri;
+            *request.headers_mut() = headers;
+            *request.version_mut() = Version::HTTP_11;
+            result = tokio::time::timeout_at(deadline, shared.client.request(request)).await;
+        }
+    }
     let upstream_us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
     shared.stats.upstream_latency.observe(upstream_us);
     let response = match result {

@@ -117,7 +117,10 @@ pub async fn spawn(config: ProxyConfig) -> Result<ProxyHandle, ProxyError> {
     let client = Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
+        // Below the 5 s keep-alive of uvicorn (vLLM, SGLang) and cpp-httplib (llama.cpp):
+        // the proxy drops an idle connection before the server does, which avoids most
+        // races with a server closing a connection as it is reused.
+        .pool_idle_timeout(Duration::from_secs(4))
         .pool_max_idle_per_host(1024)
         .build(connector);
     let shared = Arc::new(Shared {

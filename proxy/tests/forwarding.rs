@@ -403,3 +403,92 @@ async fn clock_speedup_scales_recorded_times() {
     .await;
     assert!(bad.err().unwrap().to_string().contains("clock_speedup"));
 }
+
+/// A raw HTTP/1.1 upstream whose first connection reads the request and closes without a
+/// response (a keep-alive connection closed under the proxy); later ones answer `ok`.
+async fn closing_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU32>,
+) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(AtomicU32::new(0));
+    let count = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 1 << 16];
+                let mut got = Vec::new();
+                loop {
+                    let read = tcp.read(&mut buf).await.unwrap_or(0);
+                    if read == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..read]);
+                    let text = String::from_utf8_lossy(&got);
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length: usize = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length: ")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if got.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                if n == 0 {
+                    return; // closed without a response
+                }
+                let body = format!("ok:{}", got.len());
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_before_the_response_is_retried_once() {
+    let (addr, connections) = closing_upstream().await;
+    let out = tempfile::tempdir().unwrap();
+    let sink = MemorySink::default();
+    let mut config = proxy_config(&format!("http://{addr}"), out.path());
+    sink.install(&mut config);
+    let proxy = retrace_proxy::spawn(config).await.unwrap();
+    let body = json!({"max_tokens":2,"prompt":"retry me"});
+    let (status, _, text) = post(
+        &h1_client(),
+        &format!("http://{}/v1/completions", proxy.local_addr()),
+        &body,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&text).starts_with("ok:"));
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "one retry on a new connection"
+    );
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+    let rows = sink.rows();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, Some(200));
+    assert_eq!(
+        rows[0].request_bytes,
+        Some(body.to_string().len() as u64),
+        "bytes are not counted twice"
+    );
+}
