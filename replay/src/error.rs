@@ -39,6 +39,9 @@ pub enum ReplayError {
         #[source]
         source: std::io::Error,
     },
+    /// Stopped (Ctrl-C) before the first request was sent.
+    #[error("stopped before the first request was sent")]
+    Interrupted,
     /// The client could not be set up, or a writer thread failed.
     #[error("{0}")]
     Internal(String),

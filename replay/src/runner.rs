@@ -1096,15 +1096,19 @@ pub async fn replay(
         headers: config.headers.clone(),
         api_key: config.api_key.clone(),
     };
-    let target = discover(&requester, &config).await?;
-    let prompts = calibrate(
-        &requester,
-        &target,
-        &rows,
-        &config,
-        block_tokens.unwrap_or(retrace_traces::DEFAULT_PREFIX_BLOCK_TOKENS),
-    )
-    .await;
+    // Discovery and calibration can take a while (bounded /tokenize calls): a shutdown
+    // during them ends the run before anything is sent.
+    tokio::pin!(shutdown);
+    let prepared = async {
+        let target = discover(&requester, &config).await?;
+        let block_tokens = block_tokens.unwrap_or(retrace_traces::DEFAULT_PREFIX_BLOCK_TOKENS);
+        let prompts = calibrate(&requester, &target, &rows, &config, block_tokens).await;
+        Ok::<_, ReplayError>((target, prompts))
+    };
+    let (target, prompts) = tokio::select! {
+        prepared = prepared => prepared?,
+        _ = &mut shutdown => return Err(ReplayError::Interrupted),
+    };
     std::fs::create_dir_all(&config.out_dir).map_err(|source| ReplayError::Io {
         path: config.out_dir.clone(),
         source,
@@ -1252,7 +1256,6 @@ pub async fn replay(
         .duration
         .map(|d| start + Duration::from_secs_f64(d.as_secs_f64() / k));
     let interrupted;
-    tokio::pin!(shutdown);
     tokio::select! {
         _ = dispatch => { interrupted = false; }
         _ = &mut shutdown => { interrupted = true; }

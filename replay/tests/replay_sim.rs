@@ -652,3 +652,67 @@ async fn client_limited_is_marked_and_process_is_sampled() {
     assert_eq!(json["client_limited"], true);
     assert_eq!(json["sent"], 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_public_trace_and_parquet_directory_inputs() {
+    let sim = spawn(
+        SimConfig {
+            speedup: 50.0,
+            ..SimConfig::default()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    let azure = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../traces/samples/azure_2023/AzureLLMInferenceTrace_conv.csv");
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = ReplayConfig::new(
+        TraceInput::Files(vec![azure]),
+        sim.base_url(),
+        dir.path().join("azure"),
+    );
+    c.clock_speedup = 50.0;
+    c.schedule = ScheduleConfig {
+        max_requests: Some(25),
+        ..ScheduleConfig::default()
+    };
+    let summary = tokio::time::timeout(Duration::from_secs(120), replay(c, never()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (summary.sent, summary.ok),
+        (25, 25),
+        "{:?}",
+        summary.errors_by_kind
+    );
+    let rows = results(&dir.path().join("azure"));
+    assert!(
+        rows.iter().all(|r| r.request_id.starts_with("azure-")),
+        "{:?}",
+        rows[0].request_id
+    );
+
+    // A recording directory of request Parquet.
+    let recording = dir.path().join("recording");
+    std::fs::create_dir_all(&recording).unwrap();
+    let trace = irregular_trace(12, 20_000);
+    let meta = retrace_traces::schema::FileMeta {
+        producer: "test".into(),
+        ..Default::default()
+    };
+    retrace_traces::write::write_file(&recording.join("requests-1.parquet"), &trace[..6], &meta)
+        .unwrap();
+    retrace_traces::write::write_file(&recording.join("requests-2.parquet"), &trace[6..], &meta)
+        .unwrap();
+    let mut c = ReplayConfig::new(
+        TraceInput::Files(vec![recording]),
+        sim.base_url(),
+        dir.path().join("out"),
+    );
+    c.clock_speedup = 50.0;
+    let summary = replay(c, never()).await.unwrap();
+    assert_eq!(summary.ok, 12, "{:?}", summary.errors_by_kind);
+    sim.shutdown().await.unwrap();
+}
