@@ -72,11 +72,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?;
         written += chunk.len() as u64;
     }
-    write_file(
-        &out.join("samples-0000.parquet"),
-        &synth.samples(),
-        &FileMeta::default(),
-    )?;
+    if n > 0 {
+        write_file(
+            &out.join("samples-0000.parquet"),
+            &synth.samples(),
+            &FileMeta::default(),
+        )?;
+    }
     eprintln!(
         "wrote {written} rows to {} in {:.1} s",
         out.display(),
