@@ -33,7 +33,15 @@ async fn rows_equal_requests_under_500_concurrent_streams() {
         tasks.spawn(async move {
             let tokens = 1 + i % 20;
             let body = json!({"model":"m","stream":true,"max_tokens":tokens,"messages":[{"role":"user","content":format!("request {i}")}]});
-            let (status, _, bytes) = post(&client, &url, &body, &[("x-test-gap-ms", "5")]).await;
+            // Every 10th request gets a 503 from the upstream.
+            let error = i % 10 == 9;
+            let status_header = if error { "503" } else { "200" };
+            let headers = [("x-test-gap-ms", "5"), ("x-test-status", status_header)];
+            let (status, _, bytes) = post(&client, &url, &body, &headers).await;
+            if error {
+                assert_eq!(status, 503);
+                return 0;
+            }
             assert_eq!(status, 200);
             assert!(bytes.ends_with(b"data: [DONE]\n\n"));
             tokens
@@ -54,8 +62,11 @@ async fn rows_equal_requests_under_500_concurrent_streams() {
     assert_eq!(status, 200);
     let metrics = String::from_utf8_lossy(&metrics).to_string();
     assert!(
-        metrics.contains("retrace_proxy_requests_total{status=\"200\",outcome=\"ok\"} 500"),
+        metrics.contains("retrace_proxy_requests_total{status=\"200\",outcome=\"ok\"} 450"),
         "{metrics}"
+    );
+    assert!(
+        metrics.contains("retrace_proxy_requests_total{status=\"503\",outcome=\"http_error\"} 50")
     );
     assert!(metrics.contains("retrace_proxy_upstream_latency_seconds_count 500"));
     assert!(metrics.contains("retrace_proxy_added_latency_seconds_bucket"));
@@ -67,14 +78,16 @@ async fn rows_equal_requests_under_500_concurrent_streams() {
     assert_eq!(stats.rows_dropped, 0);
     let rows = read_rows(out.path());
     assert_eq!(rows.len(), n as usize);
-    let tokens: u64 = rows
-        .iter()
-        .map(|r| u64::from(r.output_tokens.unwrap()))
-        .sum();
+    let ok: Vec<_> = rows.iter().filter(|r| r.status == Some(200)).collect();
+    assert_eq!(ok.len(), 450);
+    assert!(ok.iter().all(|r| r.outcome == Outcome::Ok));
+    let tokens: u64 = ok.iter().map(|r| u64::from(r.output_tokens.unwrap())).sum();
     assert_eq!(tokens, expected_tokens);
-    assert!(rows
+    let errors = rows
         .iter()
-        .all(|r| r.status == Some(200) && r.outcome == Outcome::Ok));
+        .filter(|r| r.status == Some(503) && r.outcome == Outcome::HttpError)
+        .count();
+    assert_eq!(errors, 50);
     let mut ids: Vec<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
