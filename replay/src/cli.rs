@@ -100,6 +100,9 @@ pub struct ReplayArgs {
     /// Prometheus endpoint to sample every second (repeatable; default <target>/metrics).
     #[arg(long = "metrics-url")]
     pub metrics_urls: Vec<String>,
+    /// Extra trusted root certificate(s) for an https target, PEM (repeatable).
+    #[arg(long = "ca-cert", value_name = "PEM")]
+    pub ca_certs: Vec<PathBuf>,
     /// Do not sample any Prometheus endpoint.
     #[arg(long)]
     pub no_metrics: bool,
@@ -225,6 +228,7 @@ impl ReplayArgs {
             (None, Some(name)) => Some(ProcessSelector::Name(name)),
             (None, None) => None,
         };
+        config.ca_certs = self.ca_certs;
         config.max_lateness = self.max_lateness;
         config.drain_timeout = self.drain_timeout;
         config.request_timeout = self.request_timeout;

@@ -111,15 +111,37 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
-/// Builds the pooled client.
-pub(crate) fn build(connect_timeout: Duration) -> Result<HttpClient, String> {
+/// Builds the pooled client. `ca_certs` are PEM files of extra trusted roots (an internal CA
+/// or a self-signed staging server), on top of the webpki roots.
+pub(crate) fn build(
+    connect_timeout: Duration,
+    ca_certs: &[std::path::PathBuf],
+) -> Result<HttpClient, String> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
-    let roots = rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    for path in ca_certs {
+        use rustls_pki_types::pem::PemObject;
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("--ca-cert {}: {e}", path.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("--ca-cert {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "--ca-cert {}: no certificate in the file",
+                path.display()
+            ));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("--ca-cert {}: {e}", path.display()))?;
+        }
+    }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -116,6 +116,8 @@ pub struct ReplayConfig {
     pub request_timeout: Duration,
     /// TCP connect limit.
     pub connect_timeout: Duration,
+    /// PEM files of extra trusted root certificates for an `https` target.
+    pub ca_certs: Vec<PathBuf>,
     /// Stream every request (TTFT needs a stream) instead of following the trace's flag.
     pub always_stream: bool,
     /// Calibrate prompts with the server's `/tokenize` when it has one.
@@ -160,6 +162,7 @@ impl ReplayConfig {
             drain_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(5),
+            ca_certs: Vec::new(),
             always_stream: true,
             use_tokenize: true,
             progress: false,
@@ -1090,7 +1093,8 @@ pub async fn replay(
     let planned = schedule(rows.clone(), &schedule_config)?;
     let (planned_count, planned_last_us) =
         planned.fold((0u64, 0u64), |(n, _), p| (n + 1, p.offset_us));
-    let http = client::build(config.connect_timeout).map_err(ReplayError::Internal)?;
+    let http =
+        client::build(config.connect_timeout, &config.ca_certs).map_err(ReplayError::BadArgs)?;
     let requester = Requester {
         client: http,
         headers: config.headers.clone(),

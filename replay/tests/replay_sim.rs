@@ -144,29 +144,52 @@ async fn achieved_rate_within_one_percent_at_2x_and_3x() {
     let trace = irregular_trace(150, 200_000);
     let span_us = (trace.last().unwrap().arrival_us - trace[0].arrival_us) as f64;
     let trace_rate = (trace.len() - 1) as f64 / (span_us / 1e6);
-    for speed in [2.0, 3.0] {
+    for (speed, amplify) in [(2.0, 1u32), (3.0, 1), (1.0, 3)] {
         let dir = tempfile::tempdir().unwrap();
         let mut c = config(trace.clone(), &sim.base_url(), dir.path());
         c.clock_speedup = 10.0;
         c.schedule = ScheduleConfig {
             speed,
+            amplify,
+            seed: 3,
             ..ScheduleConfig::default()
         };
+        // The rate the schedule asks for, count-based: (n − 1) / (last − first offset).
+        let rows_in: std::sync::Arc<[retrace_replay::schedule::TraceRequest]> = trace
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, r)| retrace_replay::schedule::TraceRequest::from_row(i, r).unwrap())
+            .collect();
+        let plan: Vec<_> = retrace_replay::schedule::schedule(rows_in, &c.schedule)
+            .unwrap()
+            .collect();
+        let n = plan.len() as u64;
+        assert_eq!(n, 150 * u64::from(amplify));
+        let plan_span_us = (plan.last().unwrap().offset_us - plan[0].offset_us) as f64;
+        let target = (n - 1) as f64 / (plan_span_us / 1e6);
+        if amplify == 1 {
+            assert!((target / (trace_rate * speed) - 1.0).abs() < 1e-6);
+        }
         let summary = tokio::time::timeout(Duration::from_secs(60), replay(c, never()))
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(summary.sent, 150);
-        assert_eq!(summary.ok, 150, "{:?}", summary.errors_by_kind);
+        assert_eq!(summary.sent, n);
+        assert_eq!(summary.ok, n, "{:?}", summary.errors_by_kind);
         let rows = results(dir.path());
-        assert_eq!(rows.len(), 150);
+        assert_eq!(rows.len() as u64, n);
         let achieved = actual_rate(&rows);
-        let target = trace_rate * speed;
         let off = (achieved / target - 1.0).abs();
-        eprintln!("speed {speed}: target {target:.3} req/s, achieved {achieved:.3} req/s ({:.3}%), lateness p99 {} µs", off * 100.0, summary.lateness_p99_us);
+        eprintln!(
+            "speed {speed} amplify {amplify}: target {target:.3} req/s, achieved {achieved:.3} req/s ({:.3}% off), lateness p99 {} µs",
+            off * 100.0,
+            summary.lateness_p99_us
+        );
         assert!(off < 0.01, "achieved {achieved} vs {target}");
         assert!((summary.achieved_rps / target - 1.0).abs() < 0.01);
-        assert!(rows.iter().all(|r| (r.load_level - speed).abs() < 1e-9));
+        let level = speed * f64::from(amplify);
+        assert!(rows.iter().all(|r| (r.load_level - level).abs() < 1e-9));
     }
     sim.shutdown().await.unwrap();
 }
@@ -715,4 +738,84 @@ async fn raw_public_trace_and_parquet_directory_inputs() {
     let summary = replay(c, never()).await.unwrap();
     assert_eq!(summary.ok, 12, "{:?}", summary.errors_by_kind);
     sim.shutdown().await.unwrap();
+}
+
+/// A TLS terminator on loopback in front of the sim (certificate for 127.0.0.1, self-signed):
+/// returns its https URL and the PEM of its certificate.
+async fn tls_front(backend: SocketAddr) -> (String, String) {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let cert_pem = certified.cert.pem();
+    let cert = certified.cert.der().clone();
+    let key =
+        rustls_pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind(loopback()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        // Bounded: the test makes a handful of connections.
+        for _ in 0..64 {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+            });
+        }
+    });
+    (format!("https://{addr}"), cert_pem)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_target_with_an_extra_root() {
+    let sim = spawn(SimConfig::default(), loopback()).await.unwrap();
+    let (url, pem) = tls_front(sim.local_addr()).await;
+    let trace: Vec<RequestRow> = (0..10)
+        .map(|i| row(i, 5_000 * i as i64, 20, 3, Endpoint::Chat))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+
+    // Without the certificate trusted, the handshake fails: a clear unreachable error.
+    let err = replay(config(trace.clone(), &url, dir.path()), never())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ReplayError::TargetUnreachable { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, pem).unwrap();
+    let mut c = config(trace, &url, dir.path());
+    c.ca_certs = vec![ca];
+    c.metrics_urls = vec![format!("{url}/metrics")];
+    let summary = replay(c, never()).await.unwrap();
+    sim.shutdown().await.unwrap();
+    assert_eq!(summary.ok, 10, "{:?}", summary.errors_by_kind);
+    assert_eq!(summary.prompt_tokens_source, TokenSource::Tokenizer);
+
+    let bad = dir.path().join("empty.pem");
+    std::fs::write(&bad, "").unwrap();
+    let mut c = config(irregular_trace(2, 1000), &url, dir.path());
+    c.ca_certs = vec![bad];
+    let err = replay(c, never()).await.unwrap_err();
+    assert!(err.to_string().contains("empty.pem"), "{err}");
 }
