@@ -1091,8 +1091,16 @@ pub async fn replay(
     schedule_config.closed_loop = config.users.is_some();
     // Validate (and size) the schedule before touching the target.
     let planned = schedule(rows.clone(), &schedule_config)?;
-    let (planned_count, planned_last_us) =
-        planned.fold((0u64, 0u64), |(n, _), p| (n + 1, p.offset_us));
+    // A closed loop with --duration loops the trace without end (the clock stops it), so
+    // only an open loop is sized.
+    let (planned_count, planned_last_us) = if config.users.is_some() {
+        (
+            0,
+            config.schedule.duration.map_or(0, |d| d.as_micros() as u64),
+        )
+    } else {
+        planned.fold((0u64, 0u64), |(n, _), p| (n + 1, p.offset_us))
+    };
     let http =
         client::build(config.connect_timeout, &config.ca_certs).map_err(ReplayError::BadArgs)?;
     let requester = Requester {
@@ -1275,7 +1283,8 @@ pub async fn replay(
     };
     let drained = tokio::select! {
         d = wait_idle(&shared.live, drain_limit) => d,
-        _ = &mut shutdown, if !interrupted => false,
+        // Ctrl-C during a natural drain: in-flight requests get --drain-timeout from now.
+        _ = &mut shutdown, if !interrupted => wait_idle(&shared.live, config.drain_timeout).await,
     };
     if !drained {
         let _ = cancel_tx.send(true);

@@ -884,3 +884,28 @@ async fn shards_started_together_produce_the_whole_trace() {
         assert!(r.actual_send_us >= r.intended_send_us);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_loop_with_duration_loops_the_trace_and_stops_on_time() {
+    let sim = spawn(SimConfig::default(), loopback()).await.unwrap();
+    let trace: Vec<RequestRow> = (0..5)
+        .map(|i| row(i, 1_000 * i as i64, 20, 3, Endpoint::Chat))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(trace, &sim.base_url(), dir.path());
+    c.users = Some(4);
+    c.think_time = Duration::from_millis(20);
+    c.schedule.duration = Some(Duration::from_millis(1_200));
+    let began = std::time::Instant::now();
+    let summary = tokio::time::timeout(Duration::from_secs(60), replay(c, never()))
+        .await
+        .unwrap()
+        .unwrap();
+    let took = began.elapsed();
+    sim.shutdown().await.unwrap();
+    assert!(summary.sent > 5, "the trace looped: {}", summary.sent);
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    let rows = results(dir.path());
+    assert!(rows.iter().any(|r| r.request_id.contains("#loop")));
+    assert!(rows.iter().all(|r| r.in_flight_at_send <= 4));
+}
