@@ -363,22 +363,12 @@ impl Agg {
                 rec64(&mut self.output_tokens, u64::from(out));
             }
         }
+        // Whole-run latency histograms are the sum of the per-level ones (levels partition
+        // the rows): built once in `finish` instead of recorded twice per row.
         if ok {
             if let Some(v) = r.ttft_us {
-                rec64(&mut self.ttft, v);
                 let bin = prompt_bin(r.prompt_tokens);
                 rec64(self.prompt_ttft[bin].get_or_insert_with(run_hist), v);
-            }
-            if let Some(v) = r.e2e_us {
-                rec64(&mut self.e2e, v);
-            }
-            if let Some(v) = r.tpot_us {
-                rec64(&mut self.tpot, v.round().max(0.0) as u64);
-            }
-            if let Some(v) = r.itl_p50_us {
-                if r.itl_count > 0 {
-                    let _ = self.itl.record_n(v.max(1), u64::from(r.itl_count));
-                }
             }
         }
         {
@@ -581,6 +571,25 @@ impl Agg {
             }
         }
         self.samples += other.samples;
+    }
+
+    /// Builds the whole-run latency histograms from the per-level ones. Call once, after
+    /// every row (and merge) is in.
+    pub(crate) fn finish(&mut self) {
+        let mut ttft = run_hist();
+        let mut tpot = run_hist();
+        let mut itl = run_hist();
+        let mut e2e = run_hist();
+        for l in &self.levels {
+            let _ = ttft.add(&l.ttft);
+            let _ = tpot.add(&l.tpot);
+            let _ = itl.add(&l.itl);
+            let _ = e2e.add(&l.e2e);
+        }
+        self.ttft = ttft;
+        self.tpot = tpot;
+        self.itl = itl;
+        self.e2e = e2e;
     }
 
     /// Start time (µs) of window `pos`.

@@ -144,6 +144,7 @@ fn aggregate_run(config: &AnalyzeConfig, paths: &[PathBuf]) -> Result<agg::Agg, 
     for f in &files.samples {
         ingest::read_samples(f, &mut agg)?;
     }
+    agg.finish();
     Ok(agg)
 }
 
@@ -275,6 +276,7 @@ pub fn analyze_rows(
             "no result rows: nothing to analyze".into(),
         ));
     }
+    agg.finish();
     for s in samples {
         ingest::push_sample_row(&mut agg, &s);
     }
