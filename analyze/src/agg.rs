@@ -60,6 +60,14 @@ fn window_hist() -> Histogram<u32> {
     h
 }
 
+/// Per-level latency histograms (and, summed, the whole run's): 2 significant figures,
+/// percentiles within 1%, ~20 KB each, so that ramps with many levels stay small.
+fn level_hist() -> Histogram<u64> {
+    let mut h = Histogram::new_with_bounds(1, 1 << 26, 2).expect("static bounds are valid");
+    h.auto(true);
+    h
+}
+
 pub(crate) fn run_hist() -> Histogram<u64> {
     let mut h = Histogram::new_with_bounds(1, 1 << 26, 3).expect("static bounds are valid");
     h.auto(true);
@@ -265,8 +273,15 @@ impl Agg {
         }
     }
 
-    /// Index of a (phase, load level), creating it on first sight.
+    /// Index of a (phase, load level), creating it on first sight. Load levels are
+    /// bucketed to a 0.05 grid: a ramp gives every request its own level, and one set of
+    /// histograms per distinct float would not fit in memory.
     pub(crate) fn level(&mut self, phase: Option<&str>, load_level: f64) -> usize {
+        let load_level = if load_level.is_finite() {
+            (load_level * 20.0).round() / 20.0
+        } else {
+            1.0
+        };
         let key = (phase.map(str::to_string), load_level.to_bits());
         if let Some(&i) = self.level_index.get(&key) {
             return i;
@@ -283,10 +298,10 @@ impl Agg {
             last_end_us: i64::MIN,
             output_tokens: 0,
             in_flight_sum: 0,
-            ttft: run_hist(),
-            tpot: run_hist(),
-            itl: run_hist(),
-            e2e: run_hist(),
+            ttft: level_hist(),
+            tpot: level_hist(),
+            itl: level_hist(),
+            e2e: level_hist(),
         });
         self.level_index.insert(key, i);
         i
@@ -576,10 +591,10 @@ impl Agg {
     /// Builds the whole-run latency histograms from the per-level ones. Call once, after
     /// every row (and merge) is in.
     pub(crate) fn finish(&mut self) {
-        let mut ttft = run_hist();
-        let mut tpot = run_hist();
-        let mut itl = run_hist();
-        let mut e2e = run_hist();
+        let mut ttft = level_hist();
+        let mut tpot = level_hist();
+        let mut itl = level_hist();
+        let mut e2e = level_hist();
         for l in &self.levels {
             let _ = ttft.add(&l.ttft);
             let _ = tpot.add(&l.tpot);
@@ -643,5 +658,30 @@ mod tests {
         assert_eq!(agg.windows[2].requests, 1);
         assert_eq!(agg.windows[10].requests, 1);
         assert_eq!(agg.requests, 3);
+    }
+}
+
+#[cfg(test)]
+mod level_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_continuous_ramp_is_bucketed_into_few_levels() {
+        let mut agg = Agg::new(60_000_000);
+        for i in 0..100_000u32 {
+            // A ramp from 0 to 2: every request has its own load level.
+            let level = agg.level(Some("ramp"), f64::from(i) / 50_000.0);
+            agg.push(&Rec {
+                intended_send_us: i64::from(i) * 10_000,
+                level,
+                ttft_us: Some(1000 + u64::from(i)),
+                ..Rec::default()
+            });
+        }
+        assert_eq!(agg.levels.len(), 41);
+        assert_eq!(agg.levels.iter().map(|l| l.requests).sum::<u64>(), 100_000);
+        agg.finish();
+        assert_eq!(agg.ttft.len(), 100_000);
     }
 }
