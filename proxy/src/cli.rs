@@ -51,6 +51,10 @@ pub struct ProxyArgs {
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// A client must send a request's head within this time (slowloris), else its
+    /// connection is closed; also closes client connections idle this long.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
     /// Hugging Face `tokenizer.json` used to count prompt tokens when the server sends no usage.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
@@ -111,6 +115,7 @@ impl ProxyArgs {
         config.first_byte_timeout = self.first_byte_timeout;
         config.idle_timeout = self.idle_timeout;
         config.drain_timeout = self.drain_timeout;
+        config.header_read_timeout = self.header_read_timeout;
         config.tokenizer = self.tokenizer;
         config.include_usage = self.include_usage;
         config.capture_content = self.capture_content;

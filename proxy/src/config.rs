@@ -97,6 +97,9 @@ pub struct ProxyConfig {
     pub idle_timeout: Duration,
     /// Drain time used by `run` on shutdown.
     pub drain_timeout: Duration,
+    /// An HTTP/1.1 client must send a request's whole head within this time, else its
+    /// connection is closed (slowloris; also closes keep-alive connections idle this long).
+    pub header_read_timeout: Duration,
     /// HF `tokenizer.json` for prompt token counts.
     pub tokenizer: Option<PathBuf>,
     /// Inject `stream_options.include_usage` and strip the extra chunk.
@@ -158,6 +161,7 @@ impl ProxyConfig {
             first_byte_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(30),
             tokenizer: None,
             include_usage: false,
             capture_content: false,

@@ -3,7 +3,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -262,11 +262,20 @@ async fn serve<I>(io: I, peer: SocketAddr, tls: bool, shared: Arc<Shared>, watch
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let header_read_timeout = shared.config.header_read_timeout;
+    // Set once a first request head has arrived on this connection.
+    let head_seen = Arc::new(AtomicBool::new(false));
+    let head_seen_service = head_seen.clone();
     let service = service_fn(move |request: Request<Incoming>| {
+        head_seen_service.store(true, Ordering::Relaxed);
         forward::handle(shared.clone(), request, peer, tls)
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(header_read_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -274,8 +283,30 @@ where
     let connection = builder
         .serve_connection(TokioIo::new(io), service)
         .into_owned();
-    if let Err(err) = watcher.watch(connection).await {
-        tracing::debug!(%peer, error = %err, "client connection ended with an error");
+    // hyper's header read timeout starts only once HTTP/1.1 is recognised: a client that
+    // sends nothing, or part of the HTTP/2 preface, would hold its connection forever.
+    // Without a first request head in time, the connection is closed.
+    let watched = watcher.watch(connection);
+    let mut watched = std::pin::pin!(watched);
+    let first_head = tokio::time::sleep(header_read_timeout);
+    let mut first_head = std::pin::pin!(first_head);
+    let mut checked = false;
+    loop {
+        tokio::select! {
+            result = &mut watched => {
+                if let Err(err) = result {
+                    tracing::debug!(%peer, error = %err, "client connection ended with an error");
+                }
+                return;
+            }
+            () = &mut first_head, if !checked => {
+                if !head_seen.load(Ordering::Relaxed) {
+                    tracing::debug!(%peer, "no request head within the header read timeout: closing");
+                    return;
+                }
+                checked = true;
+            }
+        }
     }
 }
 

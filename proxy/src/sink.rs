@@ -84,6 +84,7 @@ pub(crate) fn parquet_factory(config: &ProxyConfig) -> SinkFactory {
             host: None,
             extra: vec![("retrace.upstream".into(), upstream.clone())],
         };
+        probe_writable(&opts.dir)?;
         let writer =
             RowWriter::<RequestRow>::create(opts).map_err(|err| SinkError(err.to_string()))?;
         let recovery = writer.recovery();
@@ -102,4 +103,21 @@ pub(crate) fn parquet_factory(config: &ProxyConfig) -> SinkFactory {
             unflushed_rows: 0,
         }) as Box<dyn RowSink>)
     })
+}
+
+/// Checks that a file can be created in `dir`: the Parquet writer opens its file only with
+/// the first row, so a read-only directory would otherwise show only after traffic came.
+/// The probe's name is fixed (nothing from a request is ever part of a path).
+fn probe_writable(dir: &std::path::Path) -> Result<(), SinkError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|err| SinkError(format!("{}: cannot create: {err}", dir.display())))?;
+    let probe = dir.join(format!(".retrace-write-probe-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+        .map_err(|err| SinkError(format!("{}: not writable: {err}", dir.display())))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
