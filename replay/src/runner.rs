@@ -1128,7 +1128,12 @@ pub async fn replay(
 
     // Start time: now, or the agreed --start-at of a sharded run.
     let wall_now = now_us();
-    let wait_us = config.start_at_us.map_or(0, |s| (s - wall_now).max(0));
+    // Without --start-at, time zero is a little ahead, so the setup below (writers,
+    // samplers, the dispatcher thread) never makes the first requests late.
+    const SETUP_LEAD_US: i64 = 50_000;
+    let wait_us = config
+        .start_at_us
+        .map_or(SETUP_LEAD_US, |s| (s - wall_now).max(0));
     let start = Instant::now() + Duration::from_micros(wait_us as u64);
     let start_us = wall_now + wait_us;
     let meta = FileMeta {
