@@ -1788,7 +1788,23 @@ fn verdicts(r: &Report, config: &AnalyzeConfig) -> Vec<Verdict> {
         ));
     }
     // Memory.
+    // On ramp, step and spike runs memory follows the load (queued requests, KV, buffers):
+    // growth there is reported, not judged a leak.
+    let load_varies = r.capacity.is_some() || r.spike.is_some();
     for m in &r.memory {
+        if load_varies && m.shape != GrowthShape::Flat {
+            v.push(verdict(
+                "memory",
+                Severity::Info,
+                format!(
+                    "{} changed {:+.0} MB/hour ({:.0} → {:.0} MB) while the load changed: not judged as a leak (use a soak for that)",
+                    m.series, m.slope_mb_per_hour, m.start_mb, m.end_mb
+                ),
+                String::new(),
+                None,
+            ));
+            continue;
+        }
         let ci = format!(
             "95% CI {:.0}…{:.0} MB/hour",
             m.ci95_mb_per_hour[0], m.ci95_mb_per_hour[1]

@@ -122,3 +122,78 @@ fn spec(a: retrace_analyze::SloArg) -> retrace_analyze::SloSpec {
         retrace_analyze::SloArg::Seed => unreachable!(),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_step_run_has_a_cliff_and_a_named_bottleneck() {
+    const SPEED: f64 = 20.0;
+    let sim = spawn(
+        SimConfig {
+            speedup: SPEED,
+            max_num_seqs: 2,
+            seed: 11,
+            ..SimConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows = trace(1000, 1_000_000);
+    for r in &mut rows {
+        r.output_tokens = Some(64);
+    }
+    let mut c = ReplayConfig::new(TraceInput::Rows(rows), sim.base_url(), dir.path());
+    c.clock_speedup = SPEED;
+    c.request_timeout = Duration::from_secs(120);
+    c.sample_interval = Duration::from_millis(250);
+    c.schedule.profile = Some(retrace_replay::shape::Profile::Steps {
+        levels: vec![0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
+        step: Duration::from_secs(60),
+    });
+    let run = tokio::time::timeout(
+        Duration::from_secs(300),
+        replay(c, std::future::pending::<()>()),
+    )
+    .await
+    .expect("replay finished in time")
+    .unwrap();
+    sim.shutdown().await.unwrap();
+    assert!(run.ok > 200, "{run:?}");
+
+    let mut config = AnalyzeConfig::new(vec![dir.path().to_path_buf()]);
+    config.window_us = 10_000_000;
+    config.slos = vec![
+        "ttft_p95=5s"
+            .parse::<retrace_analyze::SloArg>()
+            .map(spec)
+            .unwrap(),
+        "error_rate=5%"
+            .parse::<retrace_analyze::SloArg>()
+            .map(spec)
+            .unwrap(),
+    ];
+    let report = analyze(&config).unwrap();
+    let cap = report
+        .capacity
+        .as_ref()
+        .unwrap_or_else(|| panic!("no capacity section:\n{}", report.render_terminal()));
+    assert_eq!(cap.levels.len(), 6, "{}", report.render_terminal());
+    let cliff = cap
+        .cliff
+        .unwrap_or_else(|| panic!("no cliff:\n{}", report.render_terminal()));
+    assert!(
+        cliff > 0,
+        "the lightest load should hold:\n{}",
+        report.render_terminal()
+    );
+    assert!(cap.supported_rps.unwrap() > 0.0);
+    assert!(cap.sentence.starts_with("Supports"), "{}", cap.sentence);
+    assert!(report.drift.is_empty());
+    // Memory that follows the load is not called a leak on a step run.
+    assert!(report
+        .verdicts()
+        .iter()
+        .filter(|v| v.category == "memory")
+        .all(|v| v.severity != retrace_analyze::Severity::Warn));
+    eprintln!("{}", report.render_terminal());
+}
