@@ -747,6 +747,7 @@ fn dispatch_thread(
     let spin = shared.config.spin_window;
     for p in plan {
         let deadline = start + Duration::from_secs_f64(p.offset_us as f64 / 1e6 / k);
+        let prepared = prepare(&shared, &p);
         loop {
             if stopped.load(Ordering::SeqCst) {
                 return;
@@ -765,9 +766,10 @@ fn dispatch_thread(
             }
         }
         let in_flight = begin(&shared.live);
-        handle.spawn(send_one(
+        handle.spawn(send_prepared(
             shared.clone(),
             p,
+            prepared,
             Instant::from_std(deadline),
             in_flight,
         ));
@@ -834,11 +836,17 @@ fn begin(live: &Live) -> u64 {
     live.in_flight.fetch_add(1, Ordering::SeqCst) + 1
 }
 
-async fn send_one(shared: Arc<Shared>, p: Planned, intended: Instant, in_flight: u64) {
-    let live = &shared.live;
+/// A request built ahead of its deadline: prompt text and JSON encoding can take
+/// milliseconds for long contexts, which must not make the send late.
+struct Prepared {
+    endpoint: Endpoint,
+    request: Result<Request<Full<Bytes>>, String>,
+}
+
+fn prepare(shared: &Shared, p: &Planned) -> Prepared {
     let row = &shared.rows[p.row];
     let endpoint = endpoint_for(&shared.config, row);
-    let body = body_for(&shared, &p, row, &endpoint);
+    let body = body_for(shared, p, row, &endpoint);
     let path = if endpoint == Endpoint::Chat {
         "/v1/chat/completions"
     } else {
@@ -848,7 +856,23 @@ async fn send_one(shared: Arc<Shared>, p: Planned, intended: Instant, in_flight:
     let request = shared
         .requester
         .request(Method::POST, &url, Some(&body), Some(&p.request_id));
-    drop(body);
+    Prepared { endpoint, request }
+}
+
+async fn send_one(shared: Arc<Shared>, p: Planned, intended: Instant, in_flight: u64) {
+    let prepared = prepare(&shared, &p);
+    send_prepared(shared, p, prepared, intended, in_flight).await;
+}
+
+async fn send_prepared(
+    shared: Arc<Shared>,
+    p: Planned,
+    prepared: Prepared,
+    intended: Instant,
+    in_flight: u64,
+) {
+    let live = &shared.live;
+    let Prepared { endpoint, request } = prepared;
     let k = shared.config.clock_speedup;
     let actual = Instant::now();
     let offset = move |at: Instant| {
