@@ -197,6 +197,18 @@ impl Gen {
     }
 }
 
+/// CPU time of the calling thread (user + system), from `/proc/thread-self/stat`: on a
+/// shared machine wall-clock time overstates the cost. `None` where there is no procfs.
+fn thread_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux platform retrace runs on.
+    Some(Duration::from_millis(ticks * 10))
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rows: u64 = 1_000_000;
     let mut keep_dir = None;
@@ -234,6 +246,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut in_flight: BinaryHeap<Reverse<(i64, u64)>> = BinaryHeap::new();
     let mut slots: std::collections::HashMap<u64, RequestRow> = Default::default();
     let mut encode = Duration::ZERO;
+    let mut encode_cpu = Duration::ZERO;
     let mut produced = 0u64;
     let mut chunk = Vec::with_capacity(100_000);
     while produced < rows {
@@ -265,16 +278,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let n = chunk.len().min((rows - produced) as usize);
         // Timed: pushing (Arrow batching, Parquet encoding, zstd, file writes).
         let start = Instant::now();
+        let cpu_start = thread_cpu();
         for r in chunk.drain(..n) {
             writer.push(r)?;
         }
         writer.tick()?;
         encode += start.elapsed();
+        if let (Some(a), Some(b)) = (cpu_start, thread_cpu()) {
+            encode_cpu += b.saturating_sub(a);
+        }
         produced += n as u64;
     }
     let start = Instant::now();
+    let cpu_start = thread_cpu();
     let files = writer.close()?;
     encode += start.elapsed();
+    if let (Some(a), Some(b)) = (cpu_start, thread_cpu()) {
+        encode_cpu += b.saturating_sub(a);
+    }
     let mut bytes = 0u64;
     let mut columns: std::collections::BTreeMap<String, i64> = Default::default();
     for f in &files {
@@ -301,6 +322,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "files": files.len(),
         "encode_seconds": (encode.as_secs_f64() * 1000.0).round() / 1000.0,
         "rows_per_s": (produced as f64 / encode.as_secs_f64()).round(),
+        "encode_cpu_seconds": encode_cpu.as_secs_f64(),
+        "rows_per_cpu_s": (produced as f64 / encode_cpu.as_secs_f64().max(1e-3)).round(),
         "bytes_on_disk": bytes,
         "bytes_per_row": (bytes as f64 / produced as f64 * 100.0).round() / 100.0,
         "column_bytes_per_row": per_column,
@@ -312,7 +335,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// `--variants`: encodes the same rows (in memory) with alternative writer settings, to
 /// pick per-column encodings. Prints one JSON line per variant.
 fn compare_variants(rows: u64) -> Result<(), Box<dyn std::error::Error>> {
-    use parquet::basic::{Compression, Encoding, ZstdLevel};
+    use parquet::basic::{Compression, ZstdLevel};
     use parquet::file::properties::{EnabledStatistics, WriterProperties};
     use parquet::schema::types::ColumnPath;
     use retrace_traces::schema::Row;
@@ -325,85 +348,111 @@ fn compare_variants(rows: u64) -> Result<(), Box<dyn std::error::Error>> {
     for c in sorted_batches.chunks_mut(8192) {
         c.sort_by_key(|r| r.arrival_us);
     }
-    let ints = [
-        "arrival_us",
-        "ttfb_us",
-        "ttft_us",
-        "e2e_us",
-        "itl_mean_us",
-        "itl_p50_us",
-        "itl_p99_us",
-        "itl_max_us",
-        "request_bytes",
-        "response_bytes",
-    ];
-    let small_ints = ["prompt_tokens", "output_tokens", "chunk_count", "itl_count"];
     type Variant = (&'static str, Box<dyn Fn() -> WriterProperties>);
-    let base = |level: i32| {
-        WriterProperties::builder()
-            .set_compression(Compression::ZSTD(
-                ZstdLevel::try_new(level).unwrap_or_default(),
-            ))
-            .set_statistics_enabled(EnabledStatistics::Chunk)
-            .set_max_row_group_size(65_536)
-            .set_column_dictionary_enabled(ColumnPath::from("request_id"), false)
-    };
-    let with = move |mut b: parquet::file::properties::WriterPropertiesBuilder,
-                     cols: &[&str],
-                     enc: Option<Encoding>| {
-        for c in cols {
-            b = b.set_column_dictionary_enabled(ColumnPath::from(*c), false);
-            if let Some(e) = enc {
-                b = b.set_column_encoding(ColumnPath::from(*c), e);
-            }
-        }
-        b
+    let current =
+        || retrace_traces::write::writer_properties_for::<RequestRow>(&FileMeta::default());
+    let strings = [
+        "session_id",
+        "endpoint",
+        "model",
+        "prompt_tokens_source",
+        "output_tokens_source",
+        "outcome",
+        "finish_reason",
+    ];
+    let off = |b: parquet::file::properties::WriterPropertiesBuilder, cols: &[&str]| {
+        cols.iter().fold(b, |b, c| {
+            b.set_column_dictionary_enabled(ColumnPath::from(*c), false)
+        })
     };
     let variants: Vec<Variant> = vec![
-        ("dict_all_zstd1", Box::new(move || base(1).build())),
+        ("current", Box::new(current)),
         (
-            "delta_ints_zstd1",
-            Box::new(move || with(base(1), &ints, Some(Encoding::DELTA_BINARY_PACKED)).build()),
-        ),
-        (
-            "delta_ints_zstd3",
-            Box::new(move || with(base(3), &ints, Some(Encoding::DELTA_BINARY_PACKED)).build()),
-        ),
-        (
-            "plain_ints_zstd3",
-            Box::new(move || with(base(3), &ints, None).build()),
-        ),
-        (
-            "bss_ints_zstd3",
-            Box::new(move || with(base(3), &ints, Some(Encoding::BYTE_STREAM_SPLIT)).build()),
-        ),
-        (
-            "delta_all_ints_zstd3",
+            "current_no_stats",
             Box::new(move || {
-                with(
-                    with(base(3), &ints, Some(Encoding::DELTA_BINARY_PACKED)),
-                    &small_ints,
-                    Some(Encoding::DELTA_BINARY_PACKED),
-                )
-                .build()
+                let mut b = current()
+                    .into_builder()
+                    .set_statistics_enabled(EnabledStatistics::None);
+                for f in RequestRow::schema().fields() {
+                    b = b.set_column_statistics_enabled(
+                        ColumnPath::from(f.name().as_str()),
+                        EnabledStatistics::None,
+                    );
+                }
+                b = b.set_column_statistics_enabled(
+                    ColumnPath::from("prefix_hashes.list.item"),
+                    EnabledStatistics::None,
+                );
+                b.build()
             }),
         ),
         (
-            "hashes_plain_delta_ints_zstd3",
+            "current_uncompressed",
             Box::new(move || {
-                with(
-                    with(base(3), &ints, Some(Encoding::DELTA_BINARY_PACKED)),
-                    &["prefix_hashes.list.item"],
-                    None,
-                )
-                .build()
+                current()
+                    .into_builder()
+                    .set_compression(Compression::UNCOMPRESSED)
+                    .build()
+            }),
+        ),
+        (
+            "current_session_plain",
+            Box::new(move || off(current().into_builder(), &["session_id"]).build()),
+        ),
+        (
+            "current_strings_plain",
+            Box::new(move || off(current().into_builder(), &strings).build()),
+        ),
+        (
+            "current_hashes_plain",
+            Box::new(move || off(current().into_builder(), &["prefix_hashes.list.item"]).build()),
+        ),
+        (
+            "current_v2_pages",
+            Box::new(move || {
+                current()
+                    .into_builder()
+                    .set_writer_version(parquet::file::properties::WriterVersion::PARQUET_2_0)
+                    .build()
+            }),
+        ),
+        (
+            "current_zstd3",
+            Box::new(move || {
+                current()
+                    .into_builder()
+                    .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
+                    .build()
             }),
         ),
     ];
+    // Costs outside Parquet: Arrow batch building and the per-batch sort.
+    let cpu0 = thread_cpu();
+    let mut n = 0;
+    for c in sorted_batches.chunks(8192) {
+        n += RequestRow::to_batch(c)?.num_rows();
+    }
+    let cpu1 = thread_cpu();
+    let mut copy = all.clone();
+    let cpu2 = thread_cpu();
+    for c in copy.chunks_mut(8192) {
+        c.sort_by_key(|r| r.arrival_us);
+    }
+    let cpu3 = thread_cpu();
+    if let (Some(a), Some(b), Some(c), Some(d)) = (cpu0, cpu1, cpu2, cpu3) {
+        println!(
+            "{}",
+            serde_json::json!({
+                "phase": "outside_parquet", "rows": n,
+                "to_batch_cpu_s": (b - a).as_secs_f64(), "sort_cpu_s": (d - c).as_secs_f64(),
+            })
+        );
+    }
     for (name, props) in &variants {
-        for (order, data) in [("completion", &all), ("sorted_8192", &sorted_batches)] {
+        for (order, data) in [("sorted_8192", &sorted_batches)] {
             let mut buf = Vec::new();
             let start = Instant::now();
+            let cpu_start = thread_cpu();
             let mut w = parquet::arrow::ArrowWriter::try_new(
                 &mut buf,
                 RequestRow::schema(),
@@ -414,6 +463,10 @@ fn compare_variants(rows: u64) -> Result<(), Box<dyn std::error::Error>> {
             }
             let md = w.close()?;
             let secs = start.elapsed().as_secs_f64();
+            let cpu = match (cpu_start, thread_cpu()) {
+                (Some(a), Some(b)) => (b - a).as_secs_f64(),
+                _ => secs,
+            };
             let mut cols: std::collections::BTreeMap<String, i64> = Default::default();
             for g in md.row_groups() {
                 for c in g.columns() {
@@ -436,6 +489,7 @@ fn compare_variants(rows: u64) -> Result<(), Box<dyn std::error::Error>> {
                     "variant": name, "order": order,
                     "bytes_per_row": (buf.len() as f64 / rows as f64 * 100.0).round() / 100.0,
                     "rows_per_s": (rows as f64 / secs).round(),
+                    "rows_per_cpu_s": (rows as f64 / cpu.max(1e-3)).round(),
                     "columns": per,
                 })
             );

@@ -196,6 +196,13 @@ fn writer_properties(
     props
 }
 
+/// The Parquet writer properties retrace uses for files of kind `R` (per-column encodings,
+/// zstd, statistics, the key-value metadata of `meta`). For tools that write retrace files
+/// with their own `ArrowWriter`, and for the benchmark.
+pub fn writer_properties_for<R: Row>(meta: &FileMeta) -> WriterProperties {
+    writer_properties(&R::schema(), &meta.to_key_values(R::KIND), 65_536)
+}
+
 fn sync_dir(dir: &Path) -> Result<(), TracesError> {
     // Directories cannot be opened for fsync on every platform; where they can, do it so
     // the rename itself is durable.

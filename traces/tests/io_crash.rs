@@ -203,3 +203,36 @@ fn in_process_crash_after_row_group_and_more_flushes_loses_nothing_flushed() {
     assert_eq!(report.rows_salvaged, 370);
     assert_eq!(read_all::<RequestRow>(&report.salvaged).unwrap(), rows);
 }
+
+#[test]
+fn torn_journal_tail_recovers_the_complete_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = RowWriter::<RequestRow>::create(WriterOptions::new(dir.path(), "requests", meta()))
+        .unwrap();
+    for i in 0..100 {
+        w.push(full_request(i)).unwrap();
+    }
+    w.flush().unwrap();
+    for i in 100..150 {
+        w.push(full_request(i)).unwrap();
+    }
+    w.flush().unwrap();
+    std::mem::forget(w);
+    // A crash in the middle of the second append: its message is cut short.
+    let journal = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".parquet.tmp.journal"))
+        .expect("a journal next to the temp file");
+    let len = std::fs::metadata(&journal).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&journal)
+        .unwrap();
+    f.set_len(len - 40).unwrap();
+    drop(f);
+    let report = recover_dir(dir.path()).unwrap();
+    assert_eq!(report.rows_salvaged, 100, "{report:?}");
+    let rows: Vec<RequestRow> = read_all(&report.salvaged).unwrap();
+    assert_eq!(rows, (0..100).map(full_request).collect::<Vec<_>>());
+}
