@@ -217,6 +217,9 @@ pub struct ReplaySummary {
     pub interrupted: bool,
     /// Responses whose `usage.prompt_tokens` differed from the prompt length meant.
     pub prompt_token_mismatches: u64,
+    /// Trace rows not replayed: other endpoints (`/tokenize`, `/v1/models`, ...) and
+    /// generation requests without a prompt or output length.
+    pub rows_skipped: u64,
 }
 
 impl ReplaySummary {
@@ -240,6 +243,12 @@ impl ReplaySummary {
         );
         for (kind, n) in &self.errors_by_kind {
             row(&format!("  errors: {kind}"), n.to_string());
+        }
+        if self.rows_skipped > 0 {
+            row(
+                "trace rows skipped",
+                format!("{} (not generation requests)", self.rows_skipped),
+            );
         }
         row("achieved rate", format!("{:.2} req/s", self.achieved_rps));
         row(
@@ -276,7 +285,7 @@ fn base_of(target: &str) -> String {
 }
 
 /// Loads and converts the trace rows, in arrival order.
-fn load_rows(input: &TraceInput) -> Result<(Vec<TraceRequest>, Option<u32>), ReplayError> {
+fn load_rows(input: &TraceInput) -> Result<(LoadedRows, Option<u32>), ReplayError> {
     let (rows, block_tokens) = match input {
         TraceInput::Rows(rows) => {
             let mut rows = rows.clone();
@@ -319,12 +328,55 @@ fn load_rows(input: &TraceInput) -> Result<(Vec<TraceRequest>, Option<u32>), Rep
             (rows, block_tokens)
         }
     };
-    let rows = rows
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| TraceRequest::from_row(i, r))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((rows, block_tokens))
+    Ok((replayable(rows)?, block_tokens))
+}
+
+/// Keeps the rows that can be replayed. A recording holds every path the proxy saw:
+/// `/tokenize`, `/v1/models`, health checks are not load to replay, and a generation
+/// request whose body was too large to parse has no prompt length. Both are skipped and
+/// counted; a trace with nothing left to replay is an error.
+fn replayable(rows: Vec<RequestRow>) -> Result<LoadedRows, ReplayError> {
+    let total = rows.len();
+    let mut skipped_other_endpoint = 0u64;
+    let mut skipped_no_length = 0u64;
+    let mut kept = Vec::with_capacity(total);
+    for (index, row) in rows.into_iter().enumerate() {
+        if matches!(row.endpoint, Endpoint::Other(_)) {
+            skipped_other_endpoint += 1;
+            continue;
+        }
+        if row.prompt_tokens.is_none() || (row.output_tokens.is_none() && row.max_tokens.is_none())
+        {
+            skipped_no_length += 1;
+            continue;
+        }
+        kept.push(TraceRequest::from_row(index, row)?);
+    }
+    if kept.is_empty() && total > 0 {
+        return Err(ReplayError::BadArgs(format!(
+            "the trace has {total} rows but none to replay: {skipped_other_endpoint} are not \
+             /v1/completions or /v1/chat/completions requests and {skipped_no_length} have no \
+             prompt or output length"
+        )));
+    }
+    let skipped = skipped_other_endpoint + skipped_no_length;
+    if skipped > 0 {
+        tracing::info!(
+            skipped_other_endpoint,
+            skipped_no_length,
+            "skipped trace rows that are not replayable generation requests"
+        );
+    }
+    Ok(LoadedRows {
+        rows: kept,
+        skipped,
+    })
+}
+
+/// Replayable trace rows, in arrival order, and how many rows were skipped.
+struct LoadedRows {
+    rows: Vec<TraceRequest>,
+    skipped: u64,
 }
 
 /// What discovery learned about the target.
@@ -1109,8 +1161,9 @@ pub async fn replay(
     if config.users == Some(0) {
         return Err(ReplayError::BadArgs("--users must be ≥ 1".into()));
     }
-    let (rows, block_tokens) = load_rows(&config.trace)?;
-    let rows: Arc<[TraceRequest]> = rows.into();
+    let (loaded, block_tokens) = load_rows(&config.trace)?;
+    let rows_skipped = loaded.skipped;
+    let rows: Arc<[TraceRequest]> = loaded.rows.into();
     let mut schedule_config = config.schedule.clone();
     schedule_config.closed_loop = config.users.is_some();
     // Validate (and size) the schedule before touching the target.
@@ -1402,6 +1455,7 @@ pub async fn replay(
         prompt_tokens_source: shared.prompts.source,
         interrupted,
         prompt_token_mismatches: live.prompt_mismatches.load(Ordering::SeqCst),
+        rows_skipped,
     };
     // Every request task has finished (drained or cancelled); closing the channel ends
     // the writer thread.
@@ -1451,6 +1505,7 @@ fn write_summary_json(config: &ReplayConfig, s: &ReplaySummary) -> Result<(), Re
         "e2e_p99_us": s.e2e_p99_us, "server_kind": s.server_kind.name(), "model": s.model,
         "prompt_tokens_source": s.prompt_tokens_source.as_str(), "interrupted": s.interrupted,
         "prompt_token_mismatches": s.prompt_token_mismatches,
+        "rows_skipped": s.rows_skipped,
         "results_files": s.results_files, "samples_files": s.samples_files,
     });
     let path = config.out_dir.join("summary.json");

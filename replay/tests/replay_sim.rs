@@ -420,13 +420,17 @@ async fn dead_target_and_bad_trace_give_clear_errors() {
     );
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
 
+    // Rows without a prompt length cannot be replayed; a trace of only such rows is an
+    // error that says so (mixed in with good rows they are skipped and counted).
     let mut bad = irregular_trace(3, 1000);
-    bad[1].prompt_tokens = None;
+    for r in &mut bad {
+        r.prompt_tokens = None;
+    }
     let err = replay(config(bad, &format!("http://{addr}"), dir.path()), never())
         .await
         .unwrap_err();
     assert!(
-        err.to_string().contains("req-1") && err.to_string().contains("prompt_tokens"),
+        err.to_string().contains("none to replay") && err.to_string().contains("3 have no"),
         "{err}"
     );
 
@@ -908,4 +912,49 @@ async fn closed_loop_with_duration_loops_the_trace_and_stops_on_time() {
     let rows = results(dir.path());
     assert!(rows.iter().any(|r| r.request_id.contains("#loop")));
     assert!(rows.iter().all(|r| r.in_flight_at_send <= 4));
+}
+
+/// A proxy recording holds `/tokenize`, `/v1/models` and other calls besides generation
+/// requests; replay skips and counts them instead of failing (found by the demo).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_7_recordings_with_other_endpoints_replay_generation_rows_only() {
+    let sim = retrace_sim::spawn(retrace_sim::SimConfig::default(), loopback())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let base = 1_700_000_000_000_000i64;
+    let rows: Vec<RequestRow> = (0..6)
+        .map(|i| {
+            if i % 2 == 1 {
+                let mut r = row(
+                    i,
+                    base + i as i64 * 20_000,
+                    16,
+                    4,
+                    Endpoint::Other("/tokenize".into()),
+                );
+                r.prompt_tokens = None;
+                r.output_tokens = None;
+                r
+            } else {
+                row(i, base + i as i64 * 20_000, 16, 4, Endpoint::Chat)
+            }
+        })
+        .collect();
+    let mut c = config(rows, &sim.base_url(), dir.path());
+    c.metrics_urls.clear();
+    let summary = replay(c, never()).await.unwrap();
+    assert_eq!(summary.sent, 3, "only the generation rows are replayed");
+    assert_eq!(summary.rows_skipped, 3);
+    assert_eq!(summary.ok, 3);
+
+    let only_other = vec![row(0, base, 16, 4, Endpoint::Other("/v1/models".into()))];
+    let err = replay(
+        config(only_other, &sim.base_url(), &dir.path().join("none")),
+        never(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("none to replay"), "{err}");
+    sim.shutdown().await.unwrap();
 }
