@@ -48,3 +48,50 @@ pub enum ProxyError {
     #[error("recording: {0}")]
     Recording(#[from] SinkError),
 }
+
+#[doc(hidden)]
+pub mod fuzzing {
+    //! Entry point for the cargo-fuzz targets in `fuzz/` (not a stable API).
+
+    use retrace_traces::{Endpoint, Outcome, RequestRow, StreamObserver};
+
+    use crate::row::{PendingRow, RowContext};
+
+    /// The request-shape extractor end to end: `body` as a request to `path` is parsed
+    /// (as the hot path and the writer thread do), rewritten for `include_usage`, and
+    /// built into a row with `response` fed through the stream observer.
+    pub fn request_shape(path: &str, body: &[u8], response: &[u8]) -> RequestRow {
+        let endpoint = Endpoint::from_path(path);
+        // The hot path's parse (with --include-usage) and its rewrite.
+        let _ = crate::request_info::parse(&endpoint, body);
+        if let Some(rewritten) = crate::request_info::inject_include_usage(body) {
+            // The rewrite must stay a parseable request.
+            assert!(crate::request_info::parse(&endpoint, &rewritten).is_some());
+        }
+        let mut observer = StreamObserver::new(endpoint.clone()).capture_text(64);
+        let half = response.len() / 2;
+        observer.feed(&response[..half], 10);
+        observer.feed(&response[half..], 20);
+        let pending = PendingRow {
+            request_id: "fuzz".into(),
+            session_id: None,
+            arrival_us: 0,
+            endpoint,
+            request_bytes: Some(body.len() as u64),
+            // The writer thread's path: the body is parsed while the row is built.
+            request_body: Some(body.to_vec()),
+            info: None,
+            status: Some(200),
+            outcome: Outcome::Ok,
+            observer: Some(observer),
+            end_us: 30,
+        };
+        let context = RowContext {
+            tokenizer: None,
+            block_tokens: 4,
+            capture_content: true,
+            capture_max_bytes: 64,
+        };
+        pending.build(&context)
+    }
+}
