@@ -142,7 +142,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()> + Send) -> a
     }
     println!();
     println!(
-        "Recorded {} of {} production requests into {}",
+        "Recorded {} rows for {} production requests into {}",
         outcome.recorded_rows,
         outcome.production_sent,
         outcome.recording_dir.display()
@@ -207,6 +207,9 @@ pub async fn run_plan(plan: &DemoPlan, out: &Path, keep: bool) -> anyhow::Result
         plan.speedup,
     );
     production.metrics_urls = vec![format!("{}/metrics", prod_sim.base_url())];
+    // Production's users don't call /tokenize: prompts are sized by the estimate, and the
+    // proxy records what the server counted (usage) — the recording is what staging replays.
+    production.use_tokenize = false;
     let production_summary = replay(production).await.context("production traffic")?;
     let proxy_stats = proxy
         .shutdown(Duration::from_secs(30))

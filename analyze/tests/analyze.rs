@@ -592,6 +592,11 @@ fn html_report_renders_its_charts_in_a_headless_browser() {
                 .is_ok_and(|o| o.status.success())
         })
     else {
+        // CI installs Chromium and sets this, so the check cannot silently skip there.
+        assert!(
+            std::env::var_os("RETRACE_REQUIRE_CHROMIUM").is_none(),
+            "RETRACE_REQUIRE_CHROMIUM is set but no chromium is on PATH"
+        );
         eprintln!("SKIPPED: no chromium on PATH (apt-get install -y chromium) — HTML not rendered");
         return;
     };

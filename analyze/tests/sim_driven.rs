@@ -1,7 +1,7 @@
 //! Real runs: `retrace_replay::replay` against `retrace_sim::spawn` on loopback, then
-//! `analyze` on what the replay wrote. Run with `cargo test -p retrace-analyze --features
-//! sim-tests`. Bounded: a few thousand requests, under a minute of real time.
-#![cfg(feature = "sim-tests")]
+//! `analyze` on what the replay wrote. Bounded: a few thousand requests, under a minute
+//! of real time.
+
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
