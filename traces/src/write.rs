@@ -29,7 +29,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{add_encoded_arrow_schema_to_metadata, ArrowSchemaConverter, ArrowWriter};
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::{FileMetaData, KeyValue, ParquetMetaData, ParquetMetaDataWriter};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
 use parquet::schema::types::ColumnPath;
 
 use crate::schema::{FileMeta, Row, META_SCHEMA};
@@ -167,13 +167,19 @@ fn writer_properties(
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_max_row_group_size(max_rows.max(1))
-        .set_statistics_enabled(EnabledStatistics::Chunk)
+        // Statistics cost ~15% of encoding time and only time ranges are worth pruning by:
+        // chunk statistics on the time columns only (set below).
+        .set_statistics_enabled(EnabledStatistics::None)
+        .set_writer_version(WriterVersion::PARQUET_2_0)
         .set_key_value_metadata(Some(
             kv.iter()
                 .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
                 .collect(),
         ))
-        .set_created_by(format!("retrace {}", env!("CARGO_PKG_VERSION")));
+        .set_created_by(format!("retrace {}", env!("CARGO_PKG_VERSION")))
+        // Prefix hashes are mostly distinct random 64-bit values: a dictionary costs time
+        // and saves nothing.
+        .set_column_dictionary_enabled(ColumnPath::from("prefix_hashes.list.item"), false);
     for field in schema.fields() {
         let name = field.name().as_str();
         let path = ColumnPath::from(name);
@@ -184,6 +190,7 @@ fn writer_properties(
         } else if DELTA_INTS.contains(&name) {
             b = b
                 .set_column_dictionary_enabled(path.clone(), false)
+                .set_column_statistics_enabled(path.clone(), EnabledStatistics::Chunk)
                 .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
         } else if SPLIT_NUMBERS.contains(&name) {
             b = b
@@ -473,7 +480,7 @@ impl<R: Row> RowWriter<R> {
         // The proxy pushes a request when its response ends, so rows come nearly but not
         // quite in time order; sorting each batch makes files nearly sorted (better merges,
         // and ~1 byte a row less for the delta-encoded time column).
-        rows.sort_by_key(R::time_us);
+        sort_by_time(&mut rows);
         let batch = R::to_batch(&rows)?;
         drop(rows);
         self.pending = Vec::with_capacity(ENCODE_BATCH_ROWS);
@@ -575,6 +582,18 @@ impl<R: Row> Drop for RowWriter<R> {
             let _ = self.finish_file();
         }
     }
+}
+
+/// Sorts rows by time, stably. Rows are large structs: sorting (time, index) pairs and
+/// moving each row once is ~10x cheaper than sorting the rows themselves.
+fn sort_by_time<R: Row>(rows: &mut Vec<R>) {
+    if rows.is_sorted_by_key(R::time_us) {
+        return;
+    }
+    let mut order: Vec<(i64, usize)> = rows.iter().map(R::time_us).zip(0..).collect();
+    order.sort_unstable();
+    let mut slots: Vec<Option<R>> = std::mem::take(rows).into_iter().map(Some).collect();
+    rows.extend(order.into_iter().filter_map(|(_, i)| slots[i].take()));
 }
 
 fn remove_sidecars(tmp: &Path) {

@@ -134,3 +134,23 @@ fn schemas_carry_kind_and_version_metadata() {
     assert_eq!(RequestRow::KIND, "request");
     assert_eq!(full_result(4).time_us(), full_result(4).intended_send_us);
 }
+
+#[test]
+fn row_writer_sorts_each_batch_by_time_stably() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = RowWriter::<RequestRow>::create(WriterOptions::new(dir.path(), "requests", meta()))
+        .unwrap();
+    for (id, t) in [("a", 5), ("b", 3), ("c", 5), ("d", 1)] {
+        let mut r = sparse_request(0);
+        r.request_id = id.to_string();
+        r.arrival_us = t;
+        w.push(r).unwrap();
+    }
+    let files = w.close().unwrap();
+    let ids: Vec<String> = read_all::<RequestRow>(&files)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.request_id)
+        .collect();
+    assert_eq!(ids, ["d", "b", "a", "c"]);
+}
