@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Joins a load client's per-request measurements with `retrace sim --truth` (bench/run.sh).
+
+usage: fidelity.py retrace|guidellm DIR
+
+DIR holds truth.parquet (the sim's server-side times) and the client's output: out/ (a
+`retrace replay` run: results-*.parquet) or out.json (GuideLLM's report). Prints one JSON
+line: requests measured and joined with the truth, TTFT error (client TTFT − the sim's
+arrival→first-token, µs) p50/p99, and schedule lateness p50/p99 (µs).
+
+retrace sends `x-request-id`, which the sim writes to its truth file: rows join by id.
+GuideLLM sends no id the sim sees, so its requests are matched to truth rows by send time
+(each request to the unmatched truth row whose arrival is nearest its start; the sim's
+clock is the wall clock at --speedup 1); the match distance is reported.
+"""
+import bisect
+import glob
+import json
+import os
+import sys
+
+import pyarrow.parquet as pq
+
+
+def pct(xs, p):
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def truth(dir_):
+    t = pq.read_table(os.path.join(dir_, "truth.parquet")).to_pydict()
+    rows = {}
+    for rid, arr, first in zip(t["request_id"], t["arrival_us"], t["first_token_us"]):
+        if first is not None:
+            rows[rid] = (arr, first - arr)
+    return rows
+
+
+def summary(errors, lateness, requests, joined, extra=None):
+    out = {
+        "requests": requests, "joined": joined,
+        "ttft_err_p50_us": pct(errors, 50), "ttft_err_p99_us": pct(errors, 99),
+        "ttft_abs_err_p99_us": pct([abs(e) for e in errors], 99),
+        "lateness_p50_us": pct(lateness, 50), "lateness_p99_us": pct(lateness, 99),
+    }
+    out.update(extra or {})
+    return out
+
+
+def retrace(dir_):
+    tr = truth(dir_)
+    files = sorted(glob.glob(os.path.join(dir_, "out", "results-*.parquet")))
+    if not files:
+        raise SystemExit(f"no results-*.parquet in {dir_}/out")
+    ids, ttft, late = [], [], []
+    for f in files:
+        t = pq.read_table(f, columns=["request_id", "ttft_us", "lateness_us"]).to_pydict()
+        ids += t["request_id"]; ttft += t["ttft_us"]; late += t["lateness_us"]
+    seen = {}
+    for rid in ids:
+        seen[rid] = seen.get(rid, 0) + 1
+    errors = []
+    for rid, m in zip(ids, ttft):
+        if m is None or seen[rid] != 1 or rid not in tr:
+            continue
+        errors.append(m - tr[rid][1])
+    lateness = [x for x in late if x is not None]
+    return summary(errors, lateness, len(ids), len(errors))
+
+
+def guidellm(dir_):
+    tr = truth(dir_)
+    with open(os.path.join(dir_, "out.json")) as f:
+        doc = json.load(f)
+    reqs = []
+    for b in doc.get("benchmarks", []):
+        r = b.get("requests", {})
+        reqs += r.get("successful", []) if isinstance(r, dict) else []
+    measured, lateness = [], []
+    for r in reqs:
+        start, first, late = guidellm_times(r)
+        if start is None or first is None:
+            continue
+        measured.append((start, first - start))
+        if late is not None:
+            lateness.append(late)
+    # Greedy nearest-arrival matching in time order.
+    arrivals = sorted((arr, ttft) for arr, ttft in tr.values())
+    keys = [a for a, _ in arrivals]
+    used = [False] * len(arrivals)
+    errors, dist = [], []
+    for start_us, m in sorted(measured):
+        i = bisect.bisect_left(keys, start_us)
+        best = None
+        for j in range(max(0, i - 50), min(len(keys), i + 50)):
+            if not used[j] and (best is None or abs(keys[j] - start_us) < abs(keys[best] - start_us)):
+                best = j
+        if best is None:
+            continue
+        used[best] = True
+        dist.append(abs(keys[best] - start_us))
+        errors.append(m - arrivals[best][1])
+    return summary(errors, lateness, len(reqs), len(errors),
+                   {"match_dist_p50_us": pct(dist, 50), "match_dist_p99_us": pct(dist, 99)})
+
+
+def guidellm_times(r):
+    """(request start µs, first token µs, lateness µs or None) from one GuideLLM request."""
+    info = r.get("timings") or r.get("scheduler_info") or {}
+    def g(*names):
+        for src in (r, info, info.get("request_timings") or {}):
+            for n in names:
+                v = src.get(n) if isinstance(src, dict) else None
+                if isinstance(v, (int, float)):
+                    return v
+        return None
+    start = g("request_start", "start_time", "request_start_time")
+    first = g("first_token_iteration", "first_iteration", "first_token_time")
+    target = g("targeted_start", "targeted_start_time", "scheduled_at")
+    if start is None or first is None:
+        return None, None, None
+    late = int((start - target) * 1e6) if target is not None else None
+    return int(start * 1e6), int(first * 1e6), late
+
+
+if __name__ == "__main__":
+    tool, d = sys.argv[1], sys.argv[2]
+    print(json.dumps(retrace(d) if tool == "retrace" else guidellm(d)))

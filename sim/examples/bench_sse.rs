@@ -1,0 +1,106 @@
+//! A static SSE upstream for proxy benchmarks (bench/run.sh): answers every request with
+//! the same OpenAI-style streamed completion, as fast as it can, on one runtime thread.
+//! No engine, no tokenizer: what is left to measure is the proxy in front of it.
+//!
+//! `cargo run --release -p retrace-sim --example bench_sse -- 127.0.0.1:PORT [EVENTS]`
+//!
+//! Prints `listening on ADDR` once bound, then serves until killed. Each response is
+//! `200 text/event-stream`, chunked, with EVENTS `data:` chunks (default 16) of one word
+//! each, a final usage chunk and `data: [DONE]`. The request body is read and dropped.
+//! Each event is its own body frame, so a proxy sees (and must forward) many chunks.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+fn events(n: u32) -> Vec<Bytes> {
+    let mut out = Vec::with_capacity(n as usize + 2);
+    for i in 0..n {
+        out.push(Bytes::from(format!(
+            "data: {{\"id\":\"cmpl-bench\",\"object\":\"text_completion\",\"created\":0,\"model\":\"sim-7b\",\"choices\":[{{\"index\":0,\"text\":\" word{i}\",\"logprobs\":null,\"finish_reason\":null}}]}}\n\n"
+        )));
+    }
+    out.push(Bytes::from(format!(
+        "data: {{\"id\":\"cmpl-bench\",\"object\":\"text_completion\",\"created\":0,\"model\":\"sim-7b\",\"choices\":[{{\"index\":0,\"text\":\"\",\"logprobs\":null,\"finish_reason\":\"length\"}}],\"usage\":{{\"prompt_tokens\":8,\"completion_tokens\":{n},\"total_tokens\":{}}}}}\n\n",
+        n + 8
+    )));
+    out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    out
+}
+
+/// The response body: the static events, one frame each, no end-of-stream length hint
+/// (so hyper sends it chunked, as a streaming server does).
+struct Events {
+    body: &'static [Bytes],
+    next: usize,
+}
+
+impl Body for Events {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let i = self.next;
+        self.next += 1;
+        Poll::Ready(self.body.get(i).cloned().map(|b| Ok(Frame::data(b))))
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    body: &'static [Bytes],
+) -> Result<Response<Events>, Infallible> {
+    // Drain the request body so the connection can be reused.
+    let _ = req.into_body().collect().await;
+    let mut response = Response::new(Events { body, next: 0 });
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    Ok(response)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let addr: SocketAddr = args
+        .next()
+        .ok_or("usage: bench_sse 127.0.0.1:PORT [EVENTS]")?
+        .parse()?;
+    let n: u32 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(16);
+    let body: &'static [Bytes] = Vec::leak(events(n));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = TcpListener::bind(addr).await?;
+        println!("listening on {}", listener.local_addr()?);
+        loop {
+            let (sock, _) = listener.accept().await?;
+            sock.set_nodelay(true)?;
+            tokio::spawn(async move {
+                let service = service_fn(move |req| handle(req, body));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(sock), service)
+                    .await;
+            });
+        }
+    })
+}
