@@ -3,15 +3,19 @@
 
 usage: fidelity.py retrace|guidellm DIR
 
+For GuideLLM, out.json may hold a sweep of concurrency levels: one line per level.
+
 DIR holds truth.parquet (the sim's server-side times) and the client's output: out/ (a
 `retrace replay` run: results-*.parquet) or out.json (GuideLLM's report). Prints one JSON
 line: requests measured and joined with the truth, TTFT error (client TTFT − the sim's
 arrival→first-token, µs) p50/p99, and schedule lateness p50/p99 (µs).
 
 retrace sends `x-request-id`, which the sim writes to its truth file: rows join by id.
-GuideLLM sends no id the sim sees, so its requests are matched to truth rows by send time
-(each request to the unmatched truth row whose arrival is nearest its start; the sim's
-clock is the wall clock at --speedup 1); the match distance is reported.
+GuideLLM sends no id, but records the response's `id`, which the sim makes
+`cmpl-<truth request_id>`: rows join by that. (Any row without it is matched to the truth
+row with the nearest arrival time — the sim's clock is the wall clock at --speedup 1 — and
+counted in `matched_by_time`.) GuideLLM's TTFT is first_token_iteration − request_start and
+its lateness request_start − targeted_start, from its per-request timings.
 """
 import bisect
 import glob
@@ -74,57 +78,61 @@ def guidellm(dir_):
     tr = truth(dir_)
     with open(os.path.join(dir_, "out.json")) as f:
         doc = json.load(f)
-    reqs = []
+    out = []
     for b in doc.get("benchmarks", []):
         r = b.get("requests", {})
-        reqs += r.get("successful", []) if isinstance(r, dict) else []
-    measured, lateness = [], []
+        reqs = r.get("successful", []) if isinstance(r, dict) else []
+        line = guidellm_benchmark(tr, reqs)
+        line["streams"] = ((b.get("config") or {}).get("strategy") or {}).get("streams")
+        out.append(line)
+    return out
+
+
+def guidellm_benchmark(tr, reqs):
+    """One GuideLLM benchmark (one concurrency level) against the truth rows."""
+    errors, lateness, unmatched = [], [], []
     for r in reqs:
-        start, first, late = guidellm_times(r)
+        t = (r.get("info") or {}).get("timings") or {}
+        start, first, target = t.get("request_start"), t.get("first_token_iteration"), t.get("targeted_start")
         if start is None or first is None:
             continue
-        measured.append((start, first - start))
-        if late is not None:
-            lateness.append(late)
-    # Greedy nearest-arrival matching in time order.
-    arrivals = sorted((arr, ttft) for arr, ttft in tr.values())
-    keys = [a for a, _ in arrivals]
-    used = [False] * len(arrivals)
-    errors, dist = [], []
-    for start_us, m in sorted(measured):
-        i = bisect.bisect_left(keys, start_us)
-        best = None
-        for j in range(max(0, i - 50), min(len(keys), i + 50)):
-            if not used[j] and (best is None or abs(keys[j] - start_us) < abs(keys[best] - start_us)):
-                best = j
-        if best is None:
-            continue
-        used[best] = True
-        dist.append(abs(keys[best] - start_us))
-        errors.append(m - arrivals[best][1])
-    return summary(errors, lateness, len(reqs), len(errors),
-                   {"match_dist_p50_us": pct(dist, 50), "match_dist_p99_us": pct(dist, 99)})
-
-
-def guidellm_times(r):
-    """(request start µs, first token µs, lateness µs or None) from one GuideLLM request."""
-    info = r.get("timings") or r.get("scheduler_info") or {}
-    def g(*names):
-        for src in (r, info, info.get("request_timings") or {}):
-            for n in names:
-                v = src.get(n) if isinstance(src, dict) else None
-                if isinstance(v, (int, float)):
-                    return v
-        return None
-    start = g("request_start", "start_time", "request_start_time")
-    first = g("first_token_iteration", "first_iteration", "first_token_time")
-    target = g("targeted_start", "targeted_start_time", "scheduled_at")
-    if start is None or first is None:
-        return None, None, None
-    late = int((start - target) * 1e6) if target is not None else None
-    return int(start * 1e6), int(first * 1e6), late
+        if target is not None:
+            lateness.append(int((start - target) * 1e6))
+        ttft_us = int((first - start) * 1e6)
+        # The sim names its completion `cmpl-<truth request_id>` when no x-request-id is sent.
+        rid = (r.get("response_id") or "").removeprefix("cmpl-")
+        if rid in tr:
+            errors.append(ttft_us - tr[rid][1])
+        else:
+            unmatched.append((int(start * 1e6), ttft_us))
+    dist = []
+    if unmatched:
+        # Fallback: nearest unmatched truth arrival in time order.
+        arrivals = sorted(tr.values())
+        keys = [a for a, _ in arrivals]
+        used = [False] * len(arrivals)
+        for start_us, m in sorted(unmatched):
+            i = bisect.bisect_left(keys, start_us)
+            best = None
+            for j in range(max(0, i - 50), min(len(keys), i + 50)):
+                if not used[j] and (best is None or abs(keys[j] - start_us) < abs(keys[best] - start_us)):
+                    best = j
+            if best is None:
+                continue
+            used[best] = True
+            dist.append(abs(keys[best] - start_us))
+            errors.append(m - arrivals[best][1])
+    extra = {"matched_by_time": len(dist)}
+    if dist:
+        extra.update({"match_dist_p50_us": pct(dist, 50), "match_dist_p99_us": pct(dist, 99)})
+    return summary(errors, lateness, len(reqs), len(errors), extra)
 
 
 if __name__ == "__main__":
     tool, d = sys.argv[1], sys.argv[2]
-    print(json.dumps(retrace(d) if tool == "retrace" else guidellm(d)))
+    if tool == "retrace":
+        print(json.dumps(retrace(d)))
+    else:
+        # One line per benchmark of the sweep (each with its "streams").
+        for line in guidellm(d):
+            print(json.dumps(line))

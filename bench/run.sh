@@ -7,6 +7,10 @@
 #                           installs and builds nothing (uses what is built), writes the
 #                           report to $BENCH_OUT (default: a temporary file)
 #
+# Environment: BENCH_ONLY="proxy fidelity recorder rss analyzer sim" (a subset),
+# BENCH_PROFILE=release|debug, BENCH_NO_BUILD=1, BENCH_BIN_DIR, RETRACE_BIN, BENCH_OUT,
+# BENCH_KEEP=1 (keep the work dir), BENCH_RESULTS_COPY=FILE (the raw results.jsonl).
+#
 # Peers (nginx, wrk, h2load from Debian; GuideLLM from PyPI in a venv under
 # ${RETRACE_CACHE:-$HOME/.cache/retrace}) are installed when missing, except in --smoke,
 # where a missing peer is skipped with a message. RETRACE_REQUIRE_BENCH=1 turns every skip
@@ -38,9 +42,9 @@ START_S=$(date +%s)
 # Sizes per mode. RUNS: repetitions of every cell (medians and min–max over them).
 case $MODE in
   full)  RUNS=5; WRK_S=10; TTFB_N=2000; FID_S=30; FID_LEVELS="100 500 1000"; FID_RATES="50 100 200 400 800"
-         REC_ROWS=10000000; RSS_REQS=1000000; AN_ROWS=100000000; SIM_STREAMS=1000; SIM_TOKENS=500; PROFILE=release ;;
+         REC_ROWS=10000000; RSS_REQS=1000000; AN_ROWS=100000000; SIM_STREAMS=1000; SIM_TOKENS=500; PROFILE=${BENCH_PROFILE:-release} ;;
   quick) RUNS=3; WRK_S=4;  TTFB_N=300;  FID_S=8;  FID_LEVELS="100 500 1000"; FID_RATES="100 400"
-         REC_ROWS=2000000;  RSS_REQS=100000;  AN_ROWS=5000000;   SIM_STREAMS=1000; SIM_TOKENS=200; PROFILE=release ;;
+         REC_ROWS=2000000;  RSS_REQS=100000;  AN_ROWS=5000000;   SIM_STREAMS=1000; SIM_TOKENS=200; PROFILE=${BENCH_PROFILE:-release} ;;
   smoke) RUNS=1; WRK_S=1;  TTFB_N=20;   FID_S=2;  FID_LEVELS="10"; FID_RATES=""
          REC_ROWS=20000;    RSS_REQS=500;     AN_ROWS=20000;     SIM_STREAMS=20;   SIM_TOKENS=20;  PROFILE=${BENCH_PROFILE:-debug} ;;
 esac
@@ -163,8 +167,8 @@ install_peers() {
 
 # ---- build ----
 build() {
-  if [[ $MODE == smoke ]]; then
-    log "smoke: using the $PROFILE build in $BIN_DIR (nothing is built)"
+  if [[ $MODE == smoke || ${BENCH_NO_BUILD:-0} == 1 ]]; then
+    log "using the $PROFILE build in $BIN_DIR (nothing is built)"
     return
   fi
   # A release build may already be running (cargo waits on its lock rather than racing).
@@ -293,19 +297,40 @@ bench_proxy_rss() {
 }
 
 # ---- 2. load-client fidelity against the sim's truth file ----
-make_tokenizer() { # a word-level HF tokenizer for GuideLLM's synthetic prompts (no hub access)
+make_tokenizer() { # a word-level HF tokenizer over Faker's words, for GuideLLM's synthetic
+  # prompts without hub access (its synthetic text is Faker text; one word ≈ one sim token)
   "$CACHE/venv-guidellm/bin/python" - "$1" <<'EOF'
 import sys
+from faker import Faker
+from faker.providers.lorem.en_US import Provider
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
+fk = Faker()
+fk.seed_instance(0)
+words = set()
+for _ in range(3000):
+    words.update(fk.text(max_nb_chars=2000).replace(".", " . ").replace(",", " , ").split())
+for w in Provider.word_list:
+    words.update((w, w.capitalize()))
 vocab = {"[UNK]": 0}
-for i in range(1, 30000):
-    vocab[f"w{i}"] = i
+for w in sorted(words) + list(".,;:!?'\"-()"):
+    vocab.setdefault(w, len(vocab))
 tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="[UNK]")
-fast.save_pretrained(sys.argv[1])
+tok.pre_tokenizer = pre_tokenizers.Whitespace()
+PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="[UNK]").save_pretrained(sys.argv[1])
 EOF
+}
+
+# start_sim NAME TRUTH: a sim with the default cost model and room for 1,000 streams; sets
+# SIM_PID and SIM_PORT (0 when it did not start).
+start_sim() {
+  SIM_PORT=$(free_port)
+  start "$1" taskset -c 0 "$RETRACE" sim --listen "127.0.0.1:$SIM_PORT" --truth "$2" --max-num-seqs 1024 --kv-blocks 1000000
+  SIM_PID=$PID
+  if ! wait_port "$SIM_PORT" 30; then
+    note "sim did not start: $(tail -2 "$WORK/$1.log" | tr '\n' ' ')"
+    stop "$SIM_PID"; SIM_PORT=0
+  fi
 }
 
 bench_fidelity() {
@@ -323,48 +348,68 @@ EOF
   "$RETRACE" import "$WORK/trace.jsonl" --format mooncake -o "$WORK/trace.parquet" >"$WORK/import.log" 2>&1 \
     || { skip "fidelity: import failed: $(tail -2 "$WORK/import.log")"; return 0; }
   local gl_ok=1
-  if [[ ! -x ${GUIDELLM:-/nonexistent} ]]; then
-    skip "GuideLLM is not installed (pip install guidellm)"; gl_ok=0
-  elif [[ ! -d $CACHE/wordlevel-tokenizer ]]; then
-    make_tokenizer "$CACHE/wordlevel-tokenizer" >"$WORK/tok.log" 2>&1 || { note "GuideLLM tokenizer: $(tail -2 "$WORK/tok.log")"; gl_ok=0; }
+  if [[ $MODE == smoke ]]; then
+    note "--smoke does not run GuideLLM (its worker processes alone take 10–20 s to start)"; gl_ok=0
+  elif [[ ! -x ${GUIDELLM:-/nonexistent} ]]; then
+    skip "fidelity vs GuideLLM: GuideLLM is not installed (pip install guidellm)"; gl_ok=0
+  elif [[ ! -f $CACHE/wordlevel-tokenizer/tokenizer.json ]]; then
+    make_tokenizer "$CACHE/wordlevel-tokenizer" >"$WORK/tok.log" 2>&1 \
+      || { skip "fidelity vs GuideLLM: making its tokenizer failed: $(tail -2 "$WORK/tok.log")"; gl_ok=0; }
   fi
-  CMD_FID_SIM="taskset -c 0 retrace sim --listen 127.0.0.1:P --truth truth.parquet --max-num-seqs 1024 --kv-blocks 1000000 (default cost model, speedup 1)"
-  CMD_FID_RT="taskset -c 1 retrace replay trace.parquet --target http://127.0.0.1:P --out DIR --users N --duration ${FID_S}s --no-tokenize --no-metrics --server-kind sim -q (trace: $prompt-token prompts, $output output tokens)"
-  CMD_FID_GL="taskset -c 1 guidellm benchmark --target http://127.0.0.1:P --rate-type concurrent --rate N --max-seconds $FID_S --data prompt_tokens=$prompt,output_tokens=$output --processor wordlevel-tokenizer --output-path out.json"
-  local run level tool
+  local levels_csv
+  levels_csv=$(echo "$FID_LEVELS" | tr ' ' ',')
+  CMD_FID_SIM="taskset -c 0 retrace sim --listen 127.0.0.1:P --truth truth.parquet --max-num-seqs 1024 --kv-blocks 1000000   # default cost model, speedup 1; a fresh sim per retrace level, one per GuideLLM sweep"
+  CMD_FID_RT="taskset -c 1 retrace replay trace.parquet --target http://127.0.0.1:P --out DIR --users N --duration ${FID_S}s --no-tokenize --no-metrics --server-kind sim -q   # trace: $prompt-token prompts, $output output tokens"
+  CMD_FID_GL="GUIDELLM__MAX_WORKER_PROCESSES=2 taskset -c 1 guidellm run --backend kind=openai_http,target=http://127.0.0.1:P,model=sim-7b,request_format=/v1/completions --profile kind=concurrent,streams=N --override profile.streams $levels_csv --constraint kind=max_duration,seconds=$FID_S --data kind=synthetic_text,prompt_tokens=$prompt,output_tokens=$output --tokenizer kind=hf_auto,model=wordlevel-tokenizer --output kind=json,path=out.json --disable-console-interactive"
+  local run level
   for run in $(seq "$RUNS"); do
     for level in $FID_LEVELS; do
-      local tools="retrace"
-      ((gl_ok)) && tools="retrace guidellm"
-      for tool in $tools; do
-        local dir=$WORK/fid-$tool-$level-$run p
-        mkdir -p "$dir"
-        p=$(free_port)
-        start sim-$tool taskset -c 0 "$RETRACE" sim --listen "127.0.0.1:$p" --truth "$dir/truth.parquet" \
-          --max-num-seqs 1024 --kv-blocks 1000000
-        local sim_pid=$PID
-        wait_port "$p" 30 || { note "sim did not start: $(tail -2 "$WORK/sim-$tool.log")"; stop "$sim_pid"; continue; }
-        if [[ $tool == retrace ]]; then
-          timeout $((FID_S + 60)) taskset -c 1 "$RETRACE" replay "$WORK/trace.parquet" --target "http://127.0.0.1:$p" \
-            --out "$dir/out" --users "$level" --duration "${FID_S}s" --no-tokenize --no-metrics --server-kind sim \
-            --drain-timeout 20s -q >"$dir/client.log" 2>&1 || note "replay exit $? at $level: $(tail -2 "$dir/client.log" | tr '\n' ' ')"
-        else
-          timeout $((FID_S + 120)) taskset -c 1 "$GUIDELLM" benchmark --target "http://127.0.0.1:$p" \
-            --rate-type concurrent --rate "$level" --max-seconds "$FID_S" \
-            --data "prompt_tokens=$prompt,output_tokens=$output" --processor "$CACHE/wordlevel-tokenizer" \
-            --output-path "$dir/out.json" >"$dir/client.log" 2>&1 || note "guidellm exit $? at $level: $(tail -2 "$dir/client.log" | tr '\n' ' ')"
-        fi
-        stop "$sim_pid" # the truth file is closed on SIGTERM
-        local line
-        line=$("$PYARROW" "$BENCH/fidelity.py" "$tool" "$dir" 2>"$dir/join.err" || true)
-        if [[ -n $line ]]; then
-          emit "{\"cmp\":\"fidelity\",\"tool\":\"$tool\",\"streams\":$level,\"run\":$run,\"r\":$line}"
-        else
-          note "fidelity join failed for $tool at $level: $(tail -2 "$dir/join.err" | tr '\n' ' ')"
-        fi
-      done
-      log "fidelity: $level streams, run $run/$RUNS done"
+      local dir=$WORK/fid-retrace-$level-$run
+      mkdir -p "$dir"
+      start_sim "sim-retrace" "$dir/truth.parquet"
+      ((SIM_PORT)) || continue
+      timeout $((FID_S + 60)) taskset -c 1 "$RETRACE" replay "$WORK/trace.parquet" --target "http://127.0.0.1:$SIM_PORT" \
+        --out "$dir/out" --users "$level" --duration "${FID_S}s" --no-tokenize --no-metrics --server-kind sim \
+        --drain-timeout 30s -q >"$dir/client.log" 2>&1 || note "replay exit $? at $level streams: $(tail -2 "$dir/client.log" | tr '\n' ' ')"
+      stop "$SIM_PID" # the truth file is closed on SIGTERM
+      local line
+      line=$("$PYARROW" "$BENCH/fidelity.py" retrace "$dir" 2>"$dir/join.err" || true)
+      if [[ -n $line ]]; then
+        emit "{\"cmp\":\"fidelity\",\"tool\":\"retrace\",\"streams\":$level,\"run\":$run,\"r\":$line}"
+      else
+        note "fidelity join failed for retrace at $level streams: $(tail -2 "$dir/join.err" | tr '\n' ' ')"
+      fi
+      rm -rf "$dir"
+      log "fidelity: retrace at $level streams, run $run/$RUNS done"
     done
+    if ((gl_ok)); then
+      # GuideLLM starts its worker processes once per level (~10–20 s here), so one sweep
+      # over the levels per run, against one sim.
+      local dir=$WORK/fid-guidellm-$run first
+      mkdir -p "$dir"
+      first=${FID_LEVELS%% *}
+      start_sim "sim-guidellm" "$dir/truth.parquet"
+      ((SIM_PORT)) || continue
+      (cd "$dir" && GUIDELLM__MAX_WORKER_PROCESSES=2 timeout $(( (FID_S + 60) * $(wc -w <<<"$FID_LEVELS") + 60 )) \
+        taskset -c 1 "$GUIDELLM" run \
+        --backend "kind=openai_http,target=http://127.0.0.1:$SIM_PORT,model=sim-7b,request_format=/v1/completions" \
+        --profile "kind=concurrent,streams=$first" --override profile.streams "$levels_csv" \
+        --constraint "kind=max_duration,seconds=$FID_S" \
+        --data "kind=synthetic_text,prompt_tokens=$prompt,output_tokens=$output" \
+        --tokenizer "kind=hf_auto,model=$CACHE/wordlevel-tokenizer" \
+        --output "kind=json,path=$dir/out.json" --disable-console-interactive) >"$dir/client.log" 2>&1 \
+        || note "guidellm exit $? (run $run): $(grep -a -E 'Error|error' "$dir/client.log" | tail -2 | tr '\n' ' ')"
+      stop "$SIM_PID"
+      local l
+      while read -r l; do
+        [[ -n $l ]] || continue
+        level=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["streams"])' "$l")
+        emit "{\"cmp\":\"fidelity\",\"tool\":\"guidellm\",\"streams\":$level,\"run\":$run,\"r\":$l}"
+      done < <("$PYARROW" "$BENCH/fidelity.py" guidellm "$dir" 2>"$dir/join.err" || true)
+      [[ -s $dir/join.err ]] && note "GuideLLM join (run $run): $(tail -1 "$dir/join.err")"
+      rm -rf "$dir"
+      log "fidelity: GuideLLM sweep $levels_csv, run $run/$RUNS done"
+    fi
   done
 }
 
