@@ -33,6 +33,15 @@ use retrace_traces::RequestRow;
 const AZURE_CONV_CSV: &str =
     include_str!("../traces/samples/azure_2023/AzureLLMInferenceTrace_conv.csv");
 
+/// The directories the demo writes under `--out` (and clears first).
+const DEMO_DIRS: [&str; 5] = [
+    "recording",
+    "production-client",
+    "capacity",
+    "spike",
+    "soak",
+];
+
 /// Arguments of `retrace demo`.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -77,13 +86,13 @@ impl DemoPlan {
     pub fn full() -> DemoPlan {
         DemoPlan {
             speedup: 5.0,
-            production: Duration::from_secs(300),
-            step: Duration::from_secs(100),
-            spike: Duration::from_secs(50),
-            soak: Duration::from_secs(20 * 60),
+            production: Duration::from_secs(240),
+            step: Duration::from_secs(80),
+            spike: Duration::from_secs(40),
+            soak: Duration::from_secs(15 * 60),
             soak_speedup: 30.0,
             soak_rate: 1.5,
-            staging_kv_blocks: 2_000,
+            staging_kv_blocks: 4_000,
             soak_leak_bytes_per_hour: 512 << 20,
             window: Duration::from_secs(20),
         }
@@ -99,7 +108,7 @@ impl DemoPlan {
             soak: Duration::from_secs(5 * 60),
             soak_speedup: 60.0,
             soak_rate: 1.0,
-            staging_kv_blocks: 2_000,
+            staging_kv_blocks: 4_000,
             soak_leak_bytes_per_hour: 1 << 30,
             window: Duration::from_secs(5),
         }
@@ -166,6 +175,15 @@ fn localhost() -> SocketAddr {
 /// Runs every stage of `plan`, writing under `out`.
 pub async fn run_plan(plan: &DemoPlan, out: &Path, keep: bool) -> anyhow::Result<DemoOutcome> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    // A second demo into the same place starts afresh: a recording directory that still
+    // held the last run's files would be replayed as one long trace with a gap.
+    for name in DEMO_DIRS {
+        let dir = out.join(name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("clearing the last demo's {}", dir.display()))?;
+        }
+    }
     let trace = production_trace(out, plan.production)?;
 
     // 1. Production: a sim with a roomy KV cache, the proxy in front.

@@ -130,22 +130,44 @@ fn open_projected(
     path: &Path,
     wanted: &[&str],
 ) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader, AnalyzeError> {
+    open_projected_with_speedup(path, wanted).map(|(reader, _)| reader)
+}
+
+/// Opens `path` reading only the `wanted` columns, and returns the replay's clock
+/// speed-up from the file metadata (`retrace.clock_speedup`, 1 when absent).
+fn open_projected_with_speedup(
+    path: &Path,
+    wanted: &[&str],
+) -> Result<(parquet::arrow::arrow_reader::ParquetRecordBatchReader, f64), AnalyzeError> {
     let file = File::open(path).map_err(|source| AnalyzeError::Io {
         path: path.to_path_buf(),
         source,
     })?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| bad(path, e))?;
+    let clock_speedup = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kvs| {
+            kvs.iter()
+                .find(|kv| kv.key == "retrace.clock_speedup")
+                .and_then(|kv| kv.value.as_deref())
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .filter(|k| k.is_finite() && *k > 0.0)
+        .unwrap_or(1.0);
     let schema = builder.schema().clone();
     let indices: Vec<usize> = wanted
         .iter()
         .filter_map(|n| schema.index_of(n).ok())
         .collect();
     let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
-    builder
+    let reader = builder
         .with_projection(mask)
         .with_batch_size(64 * 1024)
         .build()
-        .map_err(|e| bad(path, e))
+        .map_err(|e| bad(path, e))?;
+    Ok((reader, clock_speedup))
 }
 
 /// A numeric column of any integer or float type (the type is matched once per batch).
@@ -358,7 +380,9 @@ const RESULT_COLUMNS: &[&str] = &[
 
 /// Aggregates one results file.
 pub(crate) fn read_results(path: &Path, agg: &mut Agg, basis: Basis) -> Result<u64, AnalyzeError> {
-    let reader = open_projected(path, RESULT_COLUMNS)?;
+    // Lateness is the load generator's own timing error: judge it on the client's real
+    // clock. Under `--clock-speedup K` the files hold it in the target's (K× faster) time.
+    let (reader, clock_speedup) = open_projected_with_speedup(path, RESULT_COLUMNS)?;
     let mut rows = 0u64;
     let mut base_row = 0u64;
     for batch in reader {
@@ -422,7 +446,7 @@ pub(crate) fn read_results(path: &Path, agg: &mut Agg, basis: Basis) -> Result<u
             };
             agg.push(&Rec {
                 intended_send_us: t,
-                lateness_us: lateness.i64(i).unwrap_or(0),
+                lateness_us: (lateness.i64(i).unwrap_or(0) as f64 / clock_speedup) as i64,
                 in_flight_at_send: in_flight.u32(i).unwrap_or(0),
                 prompt_tokens: prompt.u32(i).unwrap_or(0),
                 output_tokens: output.u32(i),

@@ -112,7 +112,8 @@ pub struct ReplayArgs {
     /// Sample memory and CPU of the process with this name.
     #[arg(long, conflicts_with = "pid")]
     pub process_name: Option<String>,
-    /// Lateness p99 above which the run is marked client-limited.
+    /// Lateness p99 above which the run is marked client-limited (on the client's real
+    /// clock: under --clock-speedup K the recorded lateness is K× larger).
     #[arg(long, value_parser = shape::parse_duration, default_value = "10ms")]
     pub max_lateness: Duration,
     /// On Ctrl-C or --duration: wait this long for in-flight requests.

@@ -1386,7 +1386,10 @@ pub async fn replay(
             (h.value_at_quantile(0.99), h.max())
         }
     };
-    let client_limited = lateness_p99_us > config.max_lateness.as_micros() as u64;
+    // The bound is on the client's real clock; lateness is recorded in the target's time,
+    // K× faster under --clock-speedup K.
+    let client_limited =
+        lateness_p99_us as f64 > config.max_lateness.as_micros() as f64 * config.clock_speedup;
     let sent = live.sent.load(Ordering::SeqCst);
     let achieved_rps = match (*lock(&live.first_send_us), *lock(&live.last_send_us)) {
         (Some(f), Some(l)) if l > f && sent > 1 => (sent - 1) as f64 / ((l - f) as f64 / 1e6),
