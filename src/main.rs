@@ -43,7 +43,9 @@ fn main() -> ExitCode {
         Command::Inspect(args) => retrace::cli::inspect(args),
         Command::Export(args) => retrace::cli::export(args),
         Command::Demo(args) => block_on(|stop| retrace::demo::run(args, stop)),
-        Command::Proxy(args) => block_on(|stop| async { Ok(retrace_proxy::run(args, stop).await?) }),
+        Command::Proxy(args) => {
+            block_on(|stop| async { Ok(retrace_proxy::run(args, stop).await?) })
+        }
         Command::Replay(args) => {
             block_on(|stop| async { Ok(retrace_replay::run(args, stop).await?) })
         }

@@ -301,6 +301,16 @@ impl ResponseBody {
     }
 }
 
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // hyper never polls a body it knows is empty (Content-Length: 0, e.g. a 200 from
+        // /health): that response ended normally, it was not cancelled by the client.
+        if !self.finished && self.inner.is_end_stream() {
+            self.end();
+        }
+    }
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;

@@ -189,3 +189,37 @@ async fn upstream_reset_mid_stream_and_head_requests_are_recorded() {
         "a HEAD ends with its head"
     );
 }
+
+/// A 200 with an empty body (`GET /health` on the sim: Content-Length 0) ends with its
+/// head; hyper never polls such a body, which used to be recorded as `client_cancelled`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_7_empty_200_is_recorded_ok_not_cancelled() {
+    let sim = retrace_sim::spawn(SimConfig::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let sink = MemorySink::default();
+    let mut config = proxy_config(&sim.base_url(), out.path());
+    sink.install(&mut config);
+    let proxy = retrace_proxy::spawn(config).await.unwrap();
+    let request = http::Request::get(format!("http://{}/health", proxy.local_addr()))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = h1_client().request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(wait_for(Duration::from_secs(20), || sink.rows().len() == 1).await);
+    proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+    sim.shutdown().await.unwrap();
+    let rows = sink.rows();
+    assert_eq!(rows[0].status, Some(200));
+    assert_eq!(
+        rows[0].outcome,
+        Outcome::Ok,
+        "{:?} (body {body:?})",
+        rows[0]
+    );
+}
