@@ -83,7 +83,9 @@ def guidellm(dir_):
         r = b.get("requests", {})
         reqs = r.get("successful", []) if isinstance(r, dict) else []
         line = guidellm_benchmark(tr, reqs)
-        line["streams"] = ((b.get("config") or {}).get("strategy") or {}).get("streams")
+        strategy = (b.get("config") or {}).get("strategy") or {}
+        line["streams"] = strategy.get("streams")
+        line["rate"] = strategy.get("rate")
         out.append(line)
     return out
 

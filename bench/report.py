@@ -143,7 +143,7 @@ def fidelity_section(rows, out):
                 continue
             e99 = [ms(x["ttft_err_p99_us"]) for x in runs]
             per_tool[tool] = med(e99)
-            out.append(f"| {lv} | {tool} | {cell([x['requests'] for x in runs])} | {cell([x['joined'] for x in runs])} | "
+            out.append(f"| {lv} | {tool} | {cell([x['requests'] for x in runs], digits=0)} | {cell([x['joined'] for x in runs], digits=0)} | "
                        f"{cell([ms(x['ttft_err_p50_us']) for x in runs], digits=2)} | {cell(e99, digits=2)} | "
                        f"{cell([ms(x['lateness_p50_us']) for x in runs], digits=2)} | "
                        f"{cell([ms(x['lateness_p99_us']) for x in runs], digits=2)} |")
@@ -158,10 +158,35 @@ def fidelity_section(rows, out):
                    f"{cell([ms(x['match_dist_p99_us']) for x in g], ' ms', 2)}.\n")
     top = max(levels)
     rt = [r["r"] for r in f if r["streams"] == top and r["tool"] == "retrace"]
-    if rt:
+    if top < 1000:
+        out.append("Goal (retrace TTFT error ≤ 5 ms at 1,000 streams): not judged, this run stopped at "
+                   f"{top} streams.\n")
+    elif rt:
         e = med([ms(x["ttft_err_p99_us"]) for x in rt])
         verdict = "met" if e is not None and e <= 5 else "NOT met"
         out.append(f"Goal (retrace TTFT error ≤ 5 ms at 1,000 streams): at {top} streams p99 = {fmt(e, ' ms', 2)}: **{verdict}**.\n")
+
+
+def rate_section(rows, out):
+    f = [r for r in rows if r["cmp"] == "rate"]
+    if not f:
+        return
+    out.append("### Open-loop rate sweep: send lateness\n")
+    out.append("Poisson arrivals (retrace `--rate R/s`; GuideLLM `--profile kind=constant,rate=R`) for the same "
+               "duration; one run per rate. The claim is the highest rate whose lateness p99 stays ≤ 10 ms.\n")
+    out.append("| rate/s | client | requests | lateness p50 ms | lateness p99 ms | TTFT error p99 ms |")
+    out.append("|---|---|---|---|---|---|")
+    best = {}
+    for r in sorted(f, key=lambda r: (r["rate"], r["tool"])):
+        x = r["r"]
+        out.append(f"| {r['rate']:g} | {r['tool']} | {x['requests']} | {fmt(ms(x['lateness_p50_us']), digits=2)} | "
+                   f"{fmt(ms(x['lateness_p99_us']), digits=2)} | {fmt(ms(x['ttft_err_p99_us']), digits=2)} |")
+        if x["lateness_p99_us"] is not None and x["lateness_p99_us"] <= 10_000:
+            best[r["tool"]] = max(best.get(r["tool"], 0), r["rate"])
+    out.append("")
+    tools = sorted({r["tool"] for r in f})
+    out.append("Highest tested rate with lateness p99 ≤ 10 ms: " + "; ".join(
+        f"{t}: {best[t]:g}/s" if t in best else f"{t}: none of the tested rates" for t in tools) + ".\n")
 
 
 def simple_section(rows, out):
@@ -170,7 +195,7 @@ def simple_section(rows, out):
     if rec:
         out.append("| rows | rows/s encoded (wall) | rows/s per CPU-second | bytes/row on disk |")
         out.append("|---|---|---|---|")
-        out.append(f"| {cell([x['rows'] for x in rec])} | {cell([x['rows_per_s'] for x in rec])} | "
+        out.append(f"| {cell([x['rows'] for x in rec], digits=0)} | {cell([x['rows_per_s'] for x in rec])} | "
                    f"{cell([x['rows_per_cpu_s'] for x in rec])} | {cell([x['bytes_per_row'] for x in rec], digits=2)} |")
         out.append("")
         out.append("Goals: ≥ 1M rows/s on one core, ≤ 24 bytes/row. No peer: no other LLM proxy records "
@@ -202,7 +227,7 @@ def simple_section(rows, out):
         out.append("| streams × tokens | SSE events/s | peak concurrent streams |")
         out.append("|---|---|---|")
         out.append(f"| {sim[0]['streams']} × {sim[0]['tokens_per_stream']} | {cell([x['sse_events_per_s'] for x in sim])} | "
-                   f"{cell([x['peak_concurrent_streams'] for x in sim])} |")
+                   f"{cell([x['peak_concurrent_streams'] for x in sim], digits=0)} |")
         out.append("")
         out.append("Goal: ≥ 50k SSE events/s and 1,000 concurrent streams on one core (server and its "
                    "clients share core 0 here, so this understates the server alone).\n")
@@ -246,11 +271,12 @@ def main():
                "`--max-num-seqs 1024`. TTFT error = the client's TTFT (from its actual send) − the sim's truth "
                "(arrival → first token emitted). Lateness = actual send − the client's own intended send.\n")
     fidelity_section(rows, out)
+    rate_section(rows, out)
     simple_section(rows, out)
     out.append("## Exact commands\n")
     out.append("```sh")
     for k in ("CMD_PROXY_UP", "CMD_PROXY_NG", "CMD_PROXY_RT", "CMD_PROXY_WRK", "CMD_PROXY_TTFB", "CMD_RSS",
-              "CMD_FID_SIM", "CMD_FID_RT", "CMD_FID_GL", "CMD_REC", "CMD_AN", "CMD_SIM"):
+              "CMD_FID_SIM", "CMD_FID_RT", "CMD_FID_GL", "CMD_RATE_RT", "CMD_RATE_GL", "CMD_REC", "CMD_AN", "CMD_SIM"):
         if env(k):
             out.append(f"# {k.lower()[4:]}\n{env(k)}")
     out.append("```\n")

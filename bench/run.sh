@@ -45,7 +45,7 @@ case $MODE in
          REC_ROWS=10000000; RSS_REQS=1000000; AN_ROWS=100000000; SIM_STREAMS=1000; SIM_TOKENS=500; PROFILE=${BENCH_PROFILE:-release} ;;
   quick) RUNS=3; WRK_S=4;  TTFB_N=300;  FID_S=8;  FID_LEVELS="100 500 1000"; FID_RATES="100 400"
          REC_ROWS=2000000;  RSS_REQS=100000;  AN_ROWS=5000000;   SIM_STREAMS=1000; SIM_TOKENS=200; PROFILE=${BENCH_PROFILE:-release} ;;
-  smoke) RUNS=1; WRK_S=1;  TTFB_N=20;   FID_S=2;  FID_LEVELS="10"; FID_RATES=""
+  smoke) RUNS=1; WRK_S=1;  TTFB_N=20;   FID_S=2;  FID_LEVELS="10"; FID_RATES="20"
          REC_ROWS=20000;    RSS_REQS=500;     AN_ROWS=20000;     SIM_STREAMS=20;   SIM_TOKENS=20;  PROFILE=${BENCH_PROFILE:-debug} ;;
 esac
 if [[ $MODE == smoke ]]; then
@@ -413,6 +413,57 @@ EOF
   done
 }
 
+# ---- 2b. highest open-loop rate before send lateness p99 passes 10 ms ----
+bench_rates() {
+  [[ -n $FID_RATES ]] || return 0
+  have "$RETRACE" "rate sweep" || return 0
+  [[ -n ${PYARROW:-} && -f $WORK/trace.parquet ]] || { skip "rate sweep: needs pyarrow and the fidelity trace"; return 0; }
+  local rates_csv first rate
+  rates_csv=$(echo "$FID_RATES" | tr ' ' ',')
+  first=${FID_RATES%% *}
+  CMD_RATE_RT="taskset -c 1 retrace replay trace.parquet --target http://127.0.0.1:P --out DIR --rate R/s --duration ${FID_S}s --no-tokenize --no-metrics --server-kind sim -q   # R in $rates_csv"
+  CMD_RATE_GL="GUIDELLM__MAX_WORKER_PROCESSES=2 taskset -c 1 guidellm run ... --profile kind=constant,rate=R --override profile.rate $rates_csv --constraint kind=max_duration,seconds=$FID_S (otherwise as above)"
+  for rate in $FID_RATES; do
+    local dir=$WORK/rate-retrace-$rate
+    mkdir -p "$dir"
+    start_sim "sim-rate" "$dir/truth.parquet"
+    ((SIM_PORT)) || continue
+    timeout $((FID_S + 60)) taskset -c 1 "$RETRACE" replay "$WORK/trace.parquet" --target "http://127.0.0.1:$SIM_PORT" \
+      --out "$dir/out" --rate "$rate/s" --duration "${FID_S}s" --no-tokenize --no-metrics --server-kind sim \
+      --drain-timeout 30s -q >"$dir/client.log" 2>&1 || true
+    stop "$SIM_PID"
+    local line
+    line=$("$PYARROW" "$BENCH/fidelity.py" retrace "$dir" 2>"$dir/join.err" || true)
+    [[ -n $line ]] && emit "{\"cmp\":\"rate\",\"tool\":\"retrace\",\"rate\":$rate,\"r\":$line}"
+    rm -rf "$dir"
+  done
+  log "rate sweep: retrace done"
+  if [[ $MODE != smoke && -x ${GUIDELLM:-/nonexistent} && -f $CACHE/wordlevel-tokenizer/tokenizer.json ]]; then
+    local dir=$WORK/rate-guidellm
+    mkdir -p "$dir"
+    start_sim "sim-rate-gl" "$dir/truth.parquet"
+    ((SIM_PORT)) || return 0
+    (cd "$dir" && GUIDELLM__MAX_WORKER_PROCESSES=2 timeout $(( (FID_S + 60) * $(wc -w <<<"$FID_RATES") + 60 )) \
+      taskset -c 1 "$GUIDELLM" run \
+      --backend "kind=openai_http,target=http://127.0.0.1:$SIM_PORT,model=sim-7b,request_format=/v1/completions" \
+      --profile "kind=constant,rate=$first" --override profile.rate "$rates_csv" \
+      --constraint "kind=max_duration,seconds=$FID_S" \
+      --data "kind=synthetic_text,prompt_tokens=128,output_tokens=32" \
+      --tokenizer "kind=hf_auto,model=$CACHE/wordlevel-tokenizer" \
+      --output "kind=json,path=$dir/out.json" --disable-console-interactive) >"$dir/client.log" 2>&1 \
+      || note "guidellm rate sweep exit $?: $(grep -a -E 'Error|error' "$dir/client.log" | tail -2 | tr '\n' ' ')"
+    stop "$SIM_PID"
+    local l
+    while read -r l; do
+      [[ -n $l ]] || continue
+      rate=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["rate"])' "$l")
+      emit "{\"cmp\":\"rate\",\"tool\":\"guidellm\",\"rate\":$rate,\"r\":$l}"
+    done < <("$PYARROW" "$BENCH/fidelity.py" guidellm "$dir" 2>"$dir/join.err" || true)
+    rm -rf "$dir"
+    log "rate sweep: GuideLLM done"
+  fi
+}
+
 # ---- 3. recorder ----
 bench_recorder() {
   have "$EX/recorder_bench" "recorder" || return 0
@@ -484,13 +535,14 @@ main() {
   local only=${BENCH_ONLY:-proxy fidelity recorder rss analyzer sim}
   [[ " $only " == *" proxy "* ]] && bench_proxy
   [[ " $only " == *" fidelity "* ]] && bench_fidelity
+  [[ " $only " == *" fidelity "* ]] && bench_rates
   [[ " $only " == *" recorder "* ]] && bench_recorder
   [[ " $only " == *" rss "* ]] && bench_proxy_rss
   [[ " $only " == *" analyzer "* ]] && bench_analyzer
   [[ " $only " == *" sim "* ]] && bench_sim
   local elapsed=$(( $(date +%s) - START_S ))
   export CMD_PROXY_UP CMD_PROXY_RT CMD_PROXY_NG CMD_PROXY_WRK CMD_PROXY_TTFB CMD_RSS CMD_FID_SIM CMD_FID_RT \
-    CMD_FID_GL CMD_REC CMD_AN CMD_SIM
+    CMD_FID_GL CMD_RATE_RT CMD_RATE_GL CMD_REC CMD_AN CMD_SIM
   python3 "$BENCH/report.py" --results "$RESULTS" --notes "$NOTES" --machine "$MACHINE" \
     --load-end "$(cut -d' ' -f1-3 /proc/loadavg)" --elapsed "$elapsed" --mode "$MODE" >"$OUT_DOC.tmp"
   mv "$OUT_DOC.tmp" "$OUT_DOC"
