@@ -131,12 +131,12 @@ fn charts(r: &Report) -> Vec<Value> {
                     )
                 })
                 .collect();
-            ser.push(series(&format!("{} MB", m.series), measured, color, "y"));
-            ser.push(json!({"label": format!("trend {:?} {:.0} MB/h (dashed: projection)", m.shape, m.slope_mb_per_hour), "values": trend, "color": color, "scale": "y", "dash": true}));
+            ser.push(series(&format!("{} MiB", m.series), measured, color, "y"));
+            ser.push(json!({"label": format!("trend {:?} {:.0} MiB/h (dashed: projection)", m.shape, m.slope_mb_per_hour), "values": trend, "color": color, "scale": "y", "dash": true}));
         }
         out.push(json!({
-            "id": "memory", "title": "Memory with trend and projection (MB)", "time": true,
-            "x": xs, "y": "MB", "series": ser,
+            "id": "memory", "title": "Memory with trend and projection (MiB)", "time": true,
+            "x": xs, "y": "MiB", "series": ser,
             "marks": [{"x": last, "label": "end of run"}],
         }));
     }

@@ -1186,7 +1186,7 @@ fn fmt_slo_value(spec: &SloSpec, v: f64) -> String {
         SloMetric::Latency { .. } => fmt_us(v),
         SloMetric::ErrorRate | SloMetric::KvCachePeak => fmt_pct(v),
         SloMetric::QueueDepth { .. } => format!("{v:.0}"),
-        SloMetric::RssGrowthMbPerHour => format!("{v:.1} MB/hour"),
+        SloMetric::RssGrowthMbPerHour => format!("{v:.1} MiB/hour"),
         SloMetric::ThroughputRps => format!("{v:.2} req/s"),
     }
 }
@@ -1797,7 +1797,7 @@ fn verdicts(r: &Report, config: &AnalyzeConfig) -> Vec<Verdict> {
                 "memory",
                 Severity::Info,
                 format!(
-                    "{} changed {:+.0} MB/hour ({:.0} → {:.0} MB) while the load changed: not judged as a leak (use a soak for that)",
+                    "{} changed {:+.0} MiB/hour ({:.0} → {:.0} MiB) while the load changed: not judged as a leak (use a soak for that)",
                     m.series, m.slope_mb_per_hour, m.start_mb, m.end_mb
                 ),
                 String::new(),
@@ -1806,17 +1806,17 @@ fn verdicts(r: &Report, config: &AnalyzeConfig) -> Vec<Verdict> {
             continue;
         }
         let ci = format!(
-            "95% CI {:.0}…{:.0} MB/hour",
+            "95% CI {:.0}…{:.0} MiB/hour",
             m.ci95_mb_per_hour[0], m.ci95_mb_per_hour[1]
         );
         match m.shape {
             GrowthShape::Linear => {
                 let mut headline = format!(
-                    "Memory leak: {} grows {:.0} MB/hour ({ci})",
+                    "Memory leak: {} grows {:.0} MiB/hour ({ci})",
                     m.series, m.slope_mb_per_hour
                 );
                 if let Some(per) = m.mb_per_1000_requests {
-                    headline.push_str(&format!(", {per:.2} MB per 1,000 requests"));
+                    headline.push_str(&format!(", {per:.2} MiB per 1,000 requests"));
                 }
                 if let (Some(h), Some(limit)) = (m.hours_to_limit, config.memory_limit_bytes) {
                     headline.push_str(&format!(
@@ -1829,7 +1829,7 @@ fn verdicts(r: &Report, config: &AnalyzeConfig) -> Vec<Verdict> {
                     Severity::Warn,
                     headline,
                     format!(
-                        "Linear growth: {:.0} MB/hour in the first half, {:.0} MB/hour in the second ({:.0} → {:.0} MB)",
+                        "Linear growth: {:.0} MiB/hour in the first half, {:.0} MiB/hour in the second ({:.0} → {:.0} MiB)",
                         m.first_half_mb_per_hour, m.second_half_mb_per_hour, m.start_mb, m.end_mb
                     ),
                     Some(REMEDY_MEMORY),
@@ -1839,11 +1839,11 @@ fn verdicts(r: &Report, config: &AnalyzeConfig) -> Vec<Verdict> {
                 "memory",
                 Severity::Info,
                 format!(
-                    "{} grew then levelled off at ~{:.0} MB: a warm-up (cache or pool filling), not a leak",
+                    "{} grew then levelled off at ~{:.0} MiB: a warm-up (cache or pool filling), not a leak",
                     m.series, m.end_mb
                 ),
                 format!(
-                    "{:.0} MB/hour in the first half, {:.0} MB/hour in the second ({ci} overall)",
+                    "{:.0} MiB/hour in the first half, {:.0} MiB/hour in the second ({ci} overall)",
                     m.first_half_mb_per_hour, m.second_half_mb_per_hour
                 ),
                 None,
@@ -1851,8 +1851,8 @@ fn verdicts(r: &Report, config: &AnalyzeConfig) -> Vec<Verdict> {
             GrowthShape::Flat | GrowthShape::Shrinking => v.push(verdict(
                 "memory",
                 Severity::Pass,
-                format!("{} is flat ({:.1} MB/hour, {ci})", m.series, m.slope_mb_per_hour),
-                format!("{:.0} → {:.0} MB", m.start_mb, m.end_mb),
+                format!("{} is flat ({:.1} MiB/hour, {ci})", m.series, m.slope_mb_per_hour),
+                format!("{:.0} → {:.0} MiB", m.start_mb, m.end_mb),
                 None,
             )),
         }

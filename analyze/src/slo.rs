@@ -94,7 +94,7 @@ impl SloSpec {
             SloMetric::Latency { .. } => "us",
             SloMetric::ErrorRate | SloMetric::KvCachePeak => "fraction",
             SloMetric::QueueDepth { .. } => "requests",
-            SloMetric::RssGrowthMbPerHour => "MB/hour",
+            SloMetric::RssGrowthMbPerHour => "MiB/hour",
             SloMetric::ThroughputRps => "req/s",
         }
     }
@@ -253,7 +253,7 @@ impl FromStr for SloArg {
             ),
             "rss_growth_mb_per_hour" => (
                 SloMetric::RssGrowthMbPerHour,
-                parse_number(value).ok_or_else(|| err(input, "expected MB/hour, e.g. 50"))?,
+                parse_number(value).ok_or_else(|| err(input, "expected MiB/hour, e.g. 50"))?,
             ),
             "throughput_rps" => (
                 SloMetric::ThroughputRps,
