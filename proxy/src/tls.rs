@@ -39,7 +39,18 @@ pub(crate) fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey
         .map_err(|err| tls_error(key, &format!("no usable private key: {err}")))?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&private)
         .map_err(|err| tls_error(key, &format!("unsupported private key: {err}")))?;
-    Ok(CertifiedKey::new(chain, signing))
+    let certified = CertifiedKey::new(chain, signing);
+    // A reload can catch the key file already replaced and the certificate not yet: refuse
+    // the pair (the old one keeps serving) rather than fail every handshake until the next poll.
+    match certified.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            Ok(certified)
+        }
+        Err(err) => Err(tls_error(
+            cert,
+            &format!("does not match the private key in {}: {err}", key.display()),
+        )),
+    }
 }
 
 /// A certificate resolver that swaps in a new certificate when the files change.
@@ -126,6 +137,10 @@ pub(crate) fn client_config(
         .with_protocol_versions(VERSIONS)
         .map_err(|err| ProxyError::Tls(err.to_string()))?;
     let mut config = if insecure {
+        tracing::warn!(
+            "--insecure-upstream: upstream TLS certificates are NOT verified; anyone on the \
+             path to the upstream can read and alter this traffic"
+        );
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerify(provider())))
