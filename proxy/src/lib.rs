@@ -15,7 +15,6 @@ mod server;
 mod sink;
 mod stats;
 mod tls;
-mod tokenizer;
 
 pub use cli::{run, ProxyArgs};
 pub use config::{AdminListen, ProxyConfig, SinkFactory, Upstream};

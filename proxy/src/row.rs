@@ -8,7 +8,7 @@ use retrace_traces::prefix::{block_hashes_from_text, block_hashes_from_tokens, e
 use retrace_traces::{Endpoint, Outcome, RequestRow, StreamObserver, TokenSource};
 
 use crate::request_info::{self, Prompt, RequestInfo};
-use crate::tokenizer::Tokenizer;
+use retrace_traces::tokenizer::Tokenizer;
 
 /// Everything one finished request left behind, not yet interpreted.
 pub(crate) struct PendingRow {

@@ -29,8 +29,8 @@ use crate::record::{Recorder, WriterThread};
 use crate::row::RowContext;
 use crate::stats::{ProxyStats, Stats};
 use crate::tls::{self, ReloadingResolver};
-use crate::tokenizer::Tokenizer;
 use crate::ProxyError;
+use retrace_traces::tokenizer::Tokenizer;
 
 /// A running proxy. Stop it with [`ProxyHandle::shutdown`].
 pub struct ProxyHandle {
@@ -56,7 +56,9 @@ pub async fn spawn(config: ProxyConfig) -> Result<ProxyHandle, ProxyError> {
     }
     let stats = Arc::new(Stats::new());
     let tokenizer = match &config.tokenizer {
-        Some(path) => Some(Arc::new(Tokenizer::load(path)?)),
+        Some(path) => Some(Arc::new(
+            Tokenizer::load(path).map_err(|err| ProxyError::Tokenizer(err.to_string()))?,
+        )),
         None => None,
     };
     let client_tls = if config.upstream.is_https() {

@@ -2,9 +2,11 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
+use retrace_traces::tokenizer::Tokenizer;
 use retrace_traces::Endpoint;
 
 use crate::runner::{replay, ProcessSelector, ReplayConfig, ServerKind, TraceInput};
@@ -94,9 +96,13 @@ pub struct ReplayArgs {
     /// Follow each trace row's stream flag instead of always streaming.
     #[arg(long)]
     pub trace_stream_flag: bool,
-    /// Do not calibrate prompts with the server's /tokenize (estimate instead).
+    /// Do not calibrate prompts with the server's /tokenize (--tokenizer, else the estimate).
     #[arg(long)]
     pub no_tokenize: bool,
+    /// The model's Hugging Face tokenizer.json (BPE): sizes prompts exactly when the target's
+    /// /tokenize is not used (absent, failing or --no-tokenize), instead of the estimate.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
     /// Prometheus endpoint to sample every second (repeatable; default <target>/metrics).
     #[arg(long = "metrics-url")]
     pub metrics_urls: Vec<String>,
@@ -190,6 +196,11 @@ impl ReplayArgs {
                     .timestamp_micros(),
             ),
         };
+        // Loaded now so that a bad file stops the run before anything is sent.
+        let tokenizer = match &self.tokenizer {
+            None => None,
+            Some(path) => Some(Arc::new(Tokenizer::load(path)?)),
+        };
         let mut config = ReplayConfig::new(
             TraceInput::Files(self.traces),
             self.target.clone(),
@@ -235,6 +246,7 @@ impl ReplayArgs {
         config.request_timeout = self.request_timeout;
         config.always_stream = !self.trace_stream_flag;
         config.use_tokenize = !self.no_tokenize;
+        config.tokenizer = tokenizer;
         config.progress = !self.quiet;
         config.clock_speedup = self.clock_speedup;
         config.start_at_us = start_at_us;

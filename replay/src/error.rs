@@ -11,6 +11,9 @@ pub enum ReplayError {
     /// Reading or writing trace files.
     #[error(transparent)]
     Traces(#[from] retrace_traces::TracesError),
+    /// The `--tokenizer` file is unusable (the message names the file and field).
+    #[error("--tokenizer: {0}")]
+    Tokenizer(#[from] retrace_traces::tokenizer::TokenizerError),
     /// The trace cannot be scheduled.
     #[error(transparent)]
     Schedule(#[from] crate::schedule::ScheduleError),

@@ -3,9 +3,10 @@
 //!
 //! Text is made of short common English words (each one token in the sim's tokenizer and,
 //! with its leading space, in most BPE vocabularies). A linear model tokens = a + b·words is
-//! fitted with the server's `/tokenize` (or the 4-bytes-per-token estimate when it has
-//! none), then each distinct length is verified and adjusted with `/tokenize` (cached by
-//! length, a bounded number of requests).
+//! fitted with the server's `/tokenize` (else the model's `tokenizer.json` given with
+//! `--tokenizer`, else the 4-bytes-per-token estimate), then each distinct length is
+//! verified and adjusted with the same counter (cached by length, a bounded number of
+//! requests).
 
 use std::collections::HashMap;
 
@@ -59,7 +60,8 @@ impl LinearModel {
 /// Makes prompt texts.
 #[derive(Debug, Clone)]
 pub struct PromptFactory {
-    /// How counts were made exact (`Tokenizer` when verified with `/tokenize`).
+    /// How counts were made exact (`Tokenizer` when verified with `/tokenize` or
+    /// `--tokenizer`).
     pub source: TokenSource,
     /// Model for chat requests.
     pub chat: LinearModel,

@@ -16,6 +16,7 @@ use http::{HeaderName, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Full};
 use retrace_traces::metrics::Latencies;
 use retrace_traces::schema::FileMeta;
+use retrace_traces::tokenizer::{chat_text, Tokenizer};
 use retrace_traces::write::{RowWriter, WriterOptions};
 use retrace_traces::{
     Endpoint, ErrorKind, Observation, RequestRow, ResultRow, SampleRow, SampleSource,
@@ -122,6 +123,9 @@ pub struct ReplayConfig {
     pub always_stream: bool,
     /// Calibrate prompts with the server's `/tokenize` when it has one.
     pub use_tokenize: bool,
+    /// The model's tokenizer (`--tokenizer tokenizer.json`): sizes prompts exactly when the
+    /// server's `/tokenize` is not used (off, absent or failing), instead of the estimate.
+    pub tokenizer: Option<Arc<Tokenizer>>,
     /// Show the live progress display (only on a terminal).
     pub progress: bool,
     /// The target's clock runs this much faster than real time.
@@ -165,6 +169,7 @@ impl ReplayConfig {
             ca_certs: Vec::new(),
             always_stream: true,
             use_tokenize: true,
+            tokenizer: None,
             progress: false,
             clock_speedup: 1.0,
             start_at_us: None,
@@ -552,13 +557,36 @@ async fn count_tokens(req: &Requester, target: &TargetInfo, chat: bool, text: &s
         .map(|c| c as u32)
 }
 
+/// What prompts are measured with during calibration.
+#[derive(Clone, Copy)]
+enum Counter<'a> {
+    /// The server's `/tokenize`: counts what its `usage.prompt_tokens` will say (a chat
+    /// template's tokens included).
+    Server(&'a Requester, &'a TargetInfo),
+    /// The model's `tokenizer.json`, on the prompt as the proxy records it with
+    /// `--tokenizer` (a chat message as `user\n<text>\n`): no chat template is known here.
+    Local(&'a Tokenizer),
+}
+
+impl Counter<'_> {
+    async fn count(self, chat: bool, text: &str) -> Option<u32> {
+        match self {
+            Counter::Server(req, target) => count_tokens(req, target, chat, text).await,
+            Counter::Local(tokenizer) if chat => {
+                Some(tokenizer.count(&chat_text([("user", text)])))
+            }
+            Counter::Local(tokenizer) => Some(tokenizer.count(text)),
+        }
+    }
+}
+
 /// Keeps the words that cost exactly one token each, repeated, for the target's tokenizer
-/// (two bounded `/tokenize` calls per word), so lengths stay exact whatever words a prompt
-/// draws. None when the server cannot tokenize.
-async fn one_token_words(req: &Requester, target: &TargetInfo) -> Option<Vec<&'static str>> {
+/// (two bounded counts per word, `/tokenize` calls for the server), so lengths stay exact
+/// whatever words a prompt draws. None when the counter cannot tokenize.
+async fn one_token_words(counter: Counter<'_>) -> Option<Vec<&'static str>> {
     let probe = |w: &'static str, n: usize| {
         let text = vec![w; n].join(" ");
-        async move { count_tokens(req, target, false, &text).await }
+        async move { counter.count(false, &text).await }
     };
     let mut kept = Vec::new();
     for chunk in crate::prompt::all_words().chunks(8) {
@@ -579,6 +607,8 @@ async fn one_token_words(req: &Requester, target: &TargetInfo) -> Option<Vec<&'s
 /// Most distinct lengths verified per request shape (the rest use the fitted model).
 const MAX_VERIFIED_LENGTHS: usize = 512;
 
+/// The prompt factory: calibrated with the server's `/tokenize` when it is used and
+/// answers, else with `--tokenizer` when given, else the 4-bytes-per-token estimate.
 async fn calibrate(
     req: &Requester,
     target: &TargetInfo,
@@ -586,10 +616,29 @@ async fn calibrate(
     config: &ReplayConfig,
     block_tokens: u32,
 ) -> PromptFactory {
-    let mut factory = PromptFactory::estimated(block_tokens);
-    if !config.use_tokenize || matches!(target.kind, ServerKind::Tgi | ServerKind::Openai) {
-        return factory;
+    if config.use_tokenize && !matches!(target.kind, ServerKind::Tgi | ServerKind::Openai) {
+        let factory =
+            calibrate_with(Counter::Server(req, target), rows, config, block_tokens).await;
+        if factory.source == TokenSource::Tokenizer {
+            return factory;
+        }
     }
+    match &config.tokenizer {
+        Some(tokenizer) => {
+            calibrate_with(Counter::Local(tokenizer), rows, config, block_tokens).await
+        }
+        None => PromptFactory::estimated(block_tokens),
+    }
+}
+
+/// Fits and verifies prompt lengths with `counter`; the estimate when it cannot count.
+async fn calibrate_with(
+    counter: Counter<'_>,
+    rows: &[TraceRequest],
+    config: &ReplayConfig,
+    block_tokens: u32,
+) -> PromptFactory {
+    let mut factory = PromptFactory::estimated(block_tokens);
     let mut shapes: HashMap<bool, HashSet<u32>> = HashMap::new();
     for row in rows {
         let chat = endpoint_for(config, row) == Endpoint::Chat;
@@ -600,7 +649,7 @@ async fn calibrate(
                 .unwrap_or(row.prompt_tokens),
         );
     }
-    let Some(words) = one_token_words(req, target).await else {
+    let Some(words) = one_token_words(counter).await else {
         return factory;
     };
     // Too few single-token words would make texts repetitive; the fitted model and
@@ -613,20 +662,18 @@ async fn calibrate(
     for (chat, lengths) in shapes {
         // Fit tokens = a + b·words on two sizes.
         let (n1, n2) = (32u64, 512u64);
-        let t1 = count_tokens(
-            req,
-            target,
-            chat,
-            &crate::prompt::text_of(&vocabulary, &[], "calibration", n1, 1),
-        )
-        .await;
-        let t2 = count_tokens(
-            req,
-            target,
-            chat,
-            &crate::prompt::text_of(&vocabulary, &[], "calibration", n2, 1),
-        )
-        .await;
+        let t1 = counter
+            .count(
+                chat,
+                &crate::prompt::text_of(&vocabulary, &[], "calibration", n1, 1),
+            )
+            .await;
+        let t2 = counter
+            .count(
+                chat,
+                &crate::prompt::text_of(&vocabulary, &[], "calibration", n2, 1),
+            )
+            .await;
         let (Some(t1), Some(t2)) = (t1, t2) else {
             continue;
         };
@@ -662,7 +709,7 @@ async fn calibrate(
                             words,
                             1,
                         );
-                        let Some(count) = count_tokens(req, target, chat, &text).await else {
+                        let Some(count) = counter.count(chat, &text).await else {
                             break;
                         };
                         let diff = i64::from(len) - i64::from(count);

@@ -17,6 +17,7 @@ pub mod read;
 pub mod rows;
 pub mod schema;
 pub mod sse;
+pub mod tokenizer;
 pub mod write;
 
 pub use error::TracesError;

@@ -5,17 +5,53 @@
 //! model's regex (runs of letters, digits, other symbols, each with one leading space),
 //! and added/special tokens are not matched. Counts are therefore near-exact for prose
 //! and code, and the source column says `tokenizer`.
+//!
+//! One definition for the whole workspace: the proxy counts recorded prompts with it
+//! (`retrace proxy --tokenizer`) and replay sizes prompts with it
+//! (`retrace replay --tokenizer`), so the two agree on what a prompt's length is.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::ProxyError;
+/// Why a `tokenizer.json` cannot be used; every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    /// The file cannot be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not JSON.
+    #[error("{}:{line}: not JSON: {message}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the syntax error.
+        line: usize,
+        /// The parser's message.
+        message: String,
+    },
+    /// A field is missing or unusable.
+    #[error("{}: field `{field}`: {message}", path.display())]
+    Field {
+        /// The file.
+        path: PathBuf,
+        /// The JSON path of the field, e.g. `model.merges[3]`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
 
 /// A BPE tokenizer loaded from `tokenizer.json`.
 #[derive(Debug)]
-pub(crate) struct Tokenizer {
+pub struct Tokenizer {
     vocab: HashMap<String, u32>,
     ranks: HashMap<(String, String), u32>,
     byte_level: bool,
@@ -23,8 +59,26 @@ pub(crate) struct Tokenizer {
     byte_chars: [char; 256],
 }
 
-fn bad(path: &Path, field: &str, message: &str) -> ProxyError {
-    ProxyError::Tokenizer(format!("{}: field `{field}`: {message}", path.display()))
+fn bad(path: &Path, field: &str, message: &str) -> TokenizerError {
+    TokenizerError::Field {
+        path: path.to_path_buf(),
+        field: field.to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// The text a chat conversation's prompt tokens are counted on: each message as
+/// `role\ncontent\n`, in order. The proxy records chat prompts this way, and replay sizes
+/// chat prompts on it, so a recording of a replay gives back the trace's counts.
+pub fn chat_text<'a>(messages: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut text = String::new();
+    for (role, content) in messages {
+        text.push_str(role);
+        text.push('\n');
+        text.push_str(content);
+        text.push('\n');
+    }
+    text
 }
 
 /// GPT-2's reversible byte → printable character map.
@@ -98,15 +152,15 @@ fn pre_tokenize(text: &str) -> Vec<&str> {
 
 impl Tokenizer {
     /// Loads `tokenizer.json`; errors name the file and field.
-    pub(crate) fn load(path: &Path) -> Result<Tokenizer, ProxyError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|err| ProxyError::Tokenizer(format!("{}: {err}", path.display())))?;
-        let json: Value = serde_json::from_str(&text).map_err(|err| {
-            ProxyError::Tokenizer(format!(
-                "{}:{}: not JSON: {err}",
-                path.display(),
-                err.line()
-            ))
+    pub fn load(path: &Path) -> Result<Tokenizer, TokenizerError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokenizerError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let json: Value = serde_json::from_str(&text).map_err(|err| TokenizerError::Json {
+            path: path.to_path_buf(),
+            line: err.line(),
+            message: err.to_string(),
         })?;
         let model = json
             .get("model")
@@ -229,8 +283,13 @@ impl Tokenizer {
         }
     }
 
+    /// Number of tokens of `text` (the length of [`Tokenizer::encode`]).
+    pub fn count(&self, text: &str) -> u32 {
+        u32::try_from(self.encode(text).len()).unwrap_or(u32::MAX)
+    }
+
     /// Token ids of `text`.
-    pub(crate) fn encode(&self, text: &str) -> Vec<u32> {
+    pub fn encode(&self, text: &str) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 3 + 1);
         if self.byte_level {
             for piece in pre_tokenize(text) {
@@ -296,10 +355,49 @@ mod tests {
         let file = write(r#"{"model":{"type":"WordPiece","vocab":{}}}"#);
         let err = Tokenizer::load(file.path()).unwrap_err().to_string();
         assert!(err.contains("model.type"), "{err}");
+        assert!(err.contains(&file.path().display().to_string()), "{err}");
         let file = write("{not json");
-        assert!(Tokenizer::load(file.path())
-            .unwrap_err()
-            .to_string()
-            .contains(":1:"));
+        let err = Tokenizer::load(file.path()).unwrap_err();
+        assert!(matches!(err, TokenizerError::Json { line: 1, .. }), "{err}");
+        assert!(err.to_string().contains(":1:"), "{err}");
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let file = write(r#"{"model":{"type":"BPE","merges":[]}}"#);
+        let err = Tokenizer::load(file.path()).unwrap_err().to_string();
+        assert!(err.contains("`model.vocab`"), "{err}");
+        let file = write(r#"{"model":{"type":"BPE","vocab":{"a":0},"merges":["a b", 7]}}"#);
+        let err = Tokenizer::load(file.path()).unwrap_err().to_string();
+        assert!(err.contains("`model.merges[1]`"), "{err}");
+        let file = write(r#"{"model":{"type":"BPE","vocab":{"a":-1},"merges":[]}}"#);
+        let err = Tokenizer::load(file.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("`model.vocab`") && err.contains("`a`"),
+            "{err}"
+        );
+        let missing = Path::new("/nonexistent/tokenizer.json");
+        let err = Tokenizer::load(missing).unwrap_err();
+        assert!(matches!(err, TokenizerError::Io { .. }), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/tokenizer.json"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn count_is_the_number_of_ids() {
+        let file = write(
+            r#"{"pre_tokenizer":{"type":"ByteLevel"},"model":{"type":"BPE",
+            "vocab":{"a":0,"Ġ":1,"Ġa":2},"merges":["Ġ a"]}}"#,
+        );
+        let tokenizer = Tokenizer::load(file.path()).unwrap();
+        assert_eq!(tokenizer.encode("a a a"), vec![0, 2, 2]);
+        assert_eq!(tokenizer.count("a a a"), 3);
+        assert_eq!(tokenizer.count(""), 0);
+        assert_eq!(
+            chat_text([("system", "be brief"), ("user", "hi")]),
+            "system\nbe brief\nuser\nhi\n"
+        );
     }
 }
