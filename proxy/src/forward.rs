@@ -1,10 +1,8 @@
 //! The hot path: one client request forwarded upstream, both bodies streamed, one row
 //! recorded when it ends (however it ends).
 
-use std::collections::hash_map::RandomState;
 use std::convert::Infallible;
 use std::future::Future;
-use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,7 +36,8 @@ pub(crate) struct Shared {
     pub(crate) client: Client<UpstreamConnector, ForwardBody>,
     pub(crate) recorder: Recorder,
     pub(crate) stats: Arc<Stats>,
-    pub(crate) id_hasher: RandomState,
+    /// Random hex prefix of this process's request ids.
+    pub(crate) id_prefix: String,
     pub(crate) id_counter: AtomicU64,
     /// Wall clock (UTC µs) and monotonic instant at the proxy's start, for scaled times.
     pub(crate) start_us: i64,
@@ -47,9 +46,11 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn next_request_id(&self) -> String {
-        // Keyed SipHash of a counter: unique within a recording, unguessable across them.
+        // `<random per-process prefix>-<counter>`: unique across the recordings of many
+        // proxies (pods) merged together, and nearly sorted within one, so the column
+        // (DELTA_BYTE_ARRAY) costs about a byte a row instead of nine for random ids.
         let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}", self.id_hasher.hash_one(n))
+        format!("{}-{n:010}", self.id_prefix)
     }
 }
 

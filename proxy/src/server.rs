@@ -2,6 +2,7 @@
 //! admin listener, and the ordered shutdown (stop accepting, drain, flush, close).
 
 use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -130,7 +131,7 @@ pub async fn spawn(config: ProxyConfig) -> Result<ProxyHandle, ProxyError> {
         client,
         recorder,
         stats: stats.clone(),
-        id_hasher: RandomState::new(),
+        id_prefix: format!("{:012x}", RandomState::new().hash_one(0u8) >> 16),
         id_counter: AtomicU64::new(0),
         start_us: forward::now_us(),
         start: std::time::Instant::now(),

@@ -72,7 +72,8 @@ impl Gen {
         let rng = &mut self.rng;
         self.now_us += (self.inter_arrival.sample(rng) * 1e6) as i64;
         self.id_counter += 1;
-        let request_id = format!("{:016x}", mix(self.id_counter ^ 0xABCD));
+        // The proxy's id format: a random per-process prefix and a counter.
+        let request_id = format!("{:012x}-{:010}", 0x5e3a_91c2_7f04u64, self.id_counter);
         let chat = rng.random_bool(0.8);
         let model_idx = match rng.random_range(0..10) {
             0..=6 => 0,

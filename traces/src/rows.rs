@@ -182,7 +182,7 @@ impl ErrorKind {
 /// how the server answered it. Written by the proxy and the importers, read by replay.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestRow {
-    /// Unique id within a recording (proxy: random hex; importers: `<format>-<line>`).
+    /// Unique id within a recording (proxy: `<random per-process hex>-<counter>`; importers: `<format>-<line>`).
     pub request_id: String,
     /// When the request arrived, UTC µs since the Unix epoch.
     pub arrival_us: i64,

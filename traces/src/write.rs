@@ -183,7 +183,14 @@ fn writer_properties(
     for field in schema.fields() {
         let name = field.name().as_str();
         let path = ColumnPath::from(name);
-        if UNIQUE_STRINGS.contains(&name) {
+        if name == "request_id" {
+            // Ids share long prefixes (the proxy's `<prefix>-<counter>`, importers'
+            // `<format>-<line>`): delta byte arrays store only what differs.
+            b = b
+                .set_column_dictionary_enabled(path.clone(), false)
+                .set_column_statistics_enabled(path.clone(), EnabledStatistics::None)
+                .set_column_encoding(path, Encoding::DELTA_BYTE_ARRAY);
+        } else if UNIQUE_STRINGS.contains(&name) {
             b = b
                 .set_column_dictionary_enabled(path.clone(), false)
                 .set_column_statistics_enabled(path, EnabledStatistics::None);
