@@ -90,38 +90,7 @@ fn parse_positive(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Parses `16GiB`, `512MiB`, `8GB`, `1000000` (bytes).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("expected a size like 16GiB, got `{s}`"))?;
-    let f = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "kb" => 1e3,
-        "mb" => 1e6,
-        "gb" => 1e9,
-        "tb" => 1e12,
-        "kib" | "k" => 1024.0,
-        "mib" | "m" => 1024.0 * 1024.0,
-        "gib" | "g" => 1024.0 * 1024.0 * 1024.0,
-        "tib" | "t" => 1024.0f64.powi(4),
-        other => {
-            return Err(format!(
-                "unknown size unit `{other}` in `{s}` (use GiB, MiB, GB…)"
-            ))
-        }
-    };
-    let bytes = v * f;
-    if !(bytes.is_finite() && bytes > 0.0) {
-        return Err(format!("size `{s}` must be positive"));
-    }
-    Ok(bytes as u64)
-}
+pub use retrace_traces::units::parse_size as parse_bytes;
 
 /// Shared slot between the analysis thread and the awaiting future.
 struct Slot {

@@ -191,24 +191,16 @@ fn parse_percentile(input: &str, text: &str) -> Result<f64, SloParseError> {
     Ok(value)
 }
 
-/// Parses a duration with a unit (`2s`, `50ms`, `800us`, `1.5m`) into µs.
+/// Parses a duration with a unit (`2s`, `50ms`, `800us`, `1.5m`; see `traces::units`) into µs.
+/// Unlike the command line's durations, an SLO threshold must name its unit: `2` could be
+/// seconds or milliseconds, and a gate that silently means the other one is worse than none.
 pub fn parse_duration_us(text: &str) -> Option<f64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (num, unit) = text.split_at(split);
-    let value: f64 = num.parse().ok()?;
-    let factor = match unit.trim() {
-        "us" | "µs" => 1.0,
-        "ms" => 1e3,
-        "s" => 1e6,
-        "m" | "min" => 60e6,
-        "h" => 3600e6,
-        _ => return None,
-    };
-    let us = value * factor;
-    (us.is_finite() && us >= 0.0).then_some(us)
+    if text.trim().chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return None;
+    }
+    retrace_traces::units::parse_duration(text)
+        .ok()
+        .map(|d| d.as_secs_f64() * 1e6)
 }
 
 /// Parses `0.1%` or `0.001` into a fraction.

@@ -6,35 +6,7 @@
 
 use std::time::Duration;
 
-/// Parses a duration: a number with a unit `us`, `ms`, `s`, `m`, `h` (e.g. `30m`, `1.5s`,
-/// `250ms`). A bare number is seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (expected e.g. 30m, 10s, 250ms)"))?;
-    let scale_s = match unit.trim() {
-        "" | "s" => 1.0,
-        "us" | "µs" => 1e-6,
-        "ms" => 1e-3,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        other => {
-            return Err(format!(
-                "`{text}`: unknown duration unit `{other}` (use us, ms, s, m or h)"
-            ))
-        }
-    };
-    let seconds = value * scale_s;
-    if !seconds.is_finite() || !(0.0..=1e9).contains(&seconds) {
-        return Err(format!("`{text}` is out of range"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
+pub use retrace_traces::units::parse_duration;
 
 /// Parses a positive factor: `2`, `2x`, `0.5x` or `200%`.
 pub fn parse_factor(text: &str) -> Result<f64, String> {

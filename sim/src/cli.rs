@@ -115,36 +115,7 @@ pub async fn run(args: SimArgs, shutdown: impl Future<Output = ()> + Send) -> Re
     Ok(0)
 }
 
-/// Parses a byte size: `4096`, `64KiB`, `512MiB`, `2GiB`, `10MB`, `1.5GB` (SI and IEC).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}`: expected a size like 4096, 64KiB, 512MiB or 1GB"))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "m" | "mb" => 1e6,
-        "g" | "gb" => 1e9,
-        "kib" => 1024.0,
-        "mib" => 1024.0 * 1024.0,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        other => {
-            return Err(format!(
-                "`{s}`: unknown size unit `{other}` (use B, KB, MB, GB, KiB, MiB, GiB)"
-            ))
-        }
-    };
-    let bytes = value * mult;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-        return Err(format!("`{s}`: size out of range"));
-    }
-    Ok(bytes.round() as u64)
-}
+pub use retrace_traces::units::parse_size as parse_bytes;
 
 /// Parses a leak rate per simulated hour: `50MB/h`, `1GiB/h`, `100MB/m`, `10KB/s`
 /// (a bare size means per hour).
@@ -166,29 +137,9 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
     Ok((parse_bytes(size)? as f64 * per_hour).round() as u64)
 }
 
-/// Parses a duration: `500ms`, `2s`, `1.5m`, `1h`, `250us`.
+/// Parses a duration (`500ms`, `2s`, `1.5m`, `1h`, `250us`; see `traces::units`) into µs.
 pub fn parse_duration_us(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}`: expected a duration like 500ms, 2s, 1m"))?;
-    let mult = match unit {
-        "us" => 1.0,
-        "ms" => 1e3,
-        "s" => 1e6,
-        "m" => 60e6,
-        "h" => 3600e6,
-        other => {
-            return Err(format!(
-                "`{s}`: unknown duration unit `{other}` (use us, ms, s, m, h)"
-            ))
-        }
-    };
-    Ok((value * mult).round() as u64)
+    retrace_traces::units::parse_duration(s).map(|d| d.as_micros() as u64)
 }
 
 /// Parses `PAUSE@EVERY`, e.g. `2s@30s`.

@@ -18,6 +18,7 @@ pub mod rows;
 pub mod schema;
 pub mod sse;
 pub mod tokenizer;
+pub mod units;
 pub mod write;
 
 pub use error::TracesError;
