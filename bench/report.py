@@ -33,8 +33,11 @@ def cell(xs, unit="", digits=None):
 
 
 def ratio(a, b):
-    if a is None or b is None or b == 0:
+    if a is None or b is None:
         return "–"
+    if b <= 0 or abs(b) < 1e-9:
+        # A peer that adds nothing measurable (≤ 0 within noise) has no meaningful ratio.
+        return f"n/a (peer {b:+.3g}, retrace {a:+.3g})"
     return f"{a / b:.2f}×"
 
 
@@ -243,6 +246,8 @@ def main():
     ap.add_argument("--load-end", default="")
     ap.add_argument("--elapsed", default="")
     ap.add_argument("--mode", default="")
+    ap.add_argument("--build-s", default="0")
+    ap.add_argument("--commands", default="", help="JSON {CMD_*: command} (else from the environment)")
     a = ap.parse_args()
     rows = load(a.results)
     m = json.loads(a.machine)
@@ -256,7 +261,7 @@ def main():
                "machine, are the claim.** Cells are medians over the runs with min–max in brackets.\n")
     out.append("## Machine and conditions\n")
     out.append(f"- {m['nproc']} CPUs ({m['cpu']}), {m['mem_gib']} GiB, Linux {m['kernel']}; commit {m['git']}; {m['date']}")
-    out.append(f"- load average (1/5/15 min) at start {m['load_start']}, at end {a.load_end}; mode `{a.mode}`; took {a.elapsed} s")
+    out.append(f"- load average (1/5/15 min) at start {m['load_start']}, at end {a.load_end}; mode `{a.mode}`; the benchmarks took {a.elapsed} s (after {a.build_s} s of installs check and build)")
     out.append("- all traffic on 127.0.0.1. Proxies (nginx, retrace) pinned to CPU 1 with one worker each "
                "(`worker_processes 1`; `TOKIO_WORKER_THREADS=1`); load tool and upstream pinned to CPU 0.\n")
     out.append("## 1. Proxy overhead: direct vs nginx vs `retrace proxy` (recording on)\n")
@@ -274,11 +279,15 @@ def main():
     rate_section(rows, out)
     simple_section(rows, out)
     out.append("## Exact commands\n")
+    cmds = {}
+    if a.commands and os.path.exists(a.commands):
+        cmds = json.load(open(a.commands))
     out.append("```sh")
     for k in ("CMD_PROXY_UP", "CMD_PROXY_NG", "CMD_PROXY_RT", "CMD_PROXY_WRK", "CMD_PROXY_TTFB", "CMD_RSS",
               "CMD_FID_SIM", "CMD_FID_RT", "CMD_FID_GL", "CMD_RATE_RT", "CMD_RATE_GL", "CMD_REC", "CMD_AN", "CMD_SIM"):
-        if env(k):
-            out.append(f"# {k.lower()[4:]}\n{env(k)}")
+        v = env(k) or cmds.get(k)
+        if v:
+            out.append(f"# {k.lower()[4:]}\n{v}")
     out.append("```\n")
     out.append("## Notes from this run\n")
     if notes:
@@ -286,6 +295,9 @@ def main():
     else:
         out.append("- none: every harness ran.")
     out.append("")
+    findings = os.path.join(os.path.dirname(os.path.abspath(a.results)), "findings.md")
+    if os.path.exists(findings):
+        out.append(open(findings).read().rstrip() + "\n")
     extra = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notes.md")
     if os.path.exists(extra):
         out.append(open(extra).read().rstrip() + "\n")

@@ -43,7 +43,7 @@ START_S=$(date +%s)
 case $MODE in
   full)  RUNS=5; WRK_S=10; TTFB_N=2000; FID_S=30; FID_LEVELS="100 500 1000"; FID_RATES="50 100 200 400 800"
          REC_ROWS=10000000; RSS_REQS=1000000; AN_ROWS=100000000; SIM_STREAMS=1000; SIM_TOKENS=500; PROFILE=${BENCH_PROFILE:-release} ;;
-  quick) RUNS=3; WRK_S=4;  TTFB_N=300;  FID_S=8;  FID_LEVELS="100 500 1000"; FID_RATES="100 400"
+  quick) RUNS=3; WRK_S=3;  TTFB_N=300;  FID_S=6;  FID_LEVELS="100 500 1000"; FID_RATES="100 400"
          REC_ROWS=2000000;  RSS_REQS=100000;  AN_ROWS=5000000;   SIM_STREAMS=1000; SIM_TOKENS=200; PROFILE=${BENCH_PROFILE:-release} ;;
   smoke) RUNS=1; WRK_S=1;  TTFB_N=20;   FID_S=2;  FID_LEVELS="10"; FID_RATES="20"
          REC_ROWS=20000;    RSS_REQS=500;     AN_ROWS=20000;     SIM_STREAMS=20;   SIM_TOKENS=20;  PROFILE=${BENCH_PROFILE:-debug} ;;
@@ -531,7 +531,11 @@ machine() {
 main() {
   MACHINE=$(machine)
   install_peers
+  local b0
+  b0=$(date +%s)
   build
+  BUILD_S=$(( $(date +%s) - b0 ))
+  START_S=$(date +%s) # benchmark time excludes installs and the build
   local only=${BENCH_ONLY:-proxy fidelity recorder rss analyzer sim}
   [[ " $only " == *" proxy "* ]] && bench_proxy
   [[ " $only " == *" fidelity "* ]] && bench_fidelity
@@ -543,8 +547,20 @@ main() {
   local elapsed=$(( $(date +%s) - START_S ))
   export CMD_PROXY_UP CMD_PROXY_RT CMD_PROXY_NG CMD_PROXY_WRK CMD_PROXY_TTFB CMD_RSS CMD_FID_SIM CMD_FID_RT \
     CMD_FID_GL CMD_RATE_RT CMD_RATE_GL CMD_REC CMD_AN CMD_SIM
-  python3 "$BENCH/report.py" --results "$RESULTS" --notes "$NOTES" --machine "$MACHINE" \
-    --load-end "$(cut -d' ' -f1-3 /proc/loadavg)" --elapsed "$elapsed" --mode "$MODE" >"$OUT_DOC.tmp"
+  python3 - "$WORK/commands.json" <<'EOF'
+import json, os, sys
+json.dump({k: v for k, v in os.environ.items() if k.startswith("CMD_")}, open(sys.argv[1], "w"), indent=1)
+EOF
+  local args=(--results "$RESULTS" --notes "$NOTES" --machine "$MACHINE" --commands "$WORK/commands.json"
+    --load-end "$(cut -d' ' -f1-3 /proc/loadavg)" --elapsed "$elapsed" --build-s "$BUILD_S" --mode "$MODE")
+  python3 "$BENCH/report.py" "${args[@]}" >"$OUT_DOC.tmp"
+  if [[ $MODE != smoke && -z ${BENCH_OUT:-} ]]; then
+    # Keep the raw rows beside the report, so it can be re-rendered (bench/last-run/render.sh).
+    mkdir -p "$BENCH/last-run"
+    rm -f "$BENCH/last-run/findings.md" # it described the previous run
+    cp "$RESULTS" "$NOTES" "$WORK/commands.json" "$BENCH/last-run/"
+    printf '%s\n' "${args[@]}" | sed -e "s#$WORK/#bench/last-run/#" >"$BENCH/last-run/args.txt"
+  fi
   mv "$OUT_DOC.tmp" "$OUT_DOC"
   log "wrote $OUT_DOC ($(wc -l <"$RESULTS") result rows, ${elapsed}s)"
   if [[ ${BENCH_RESULTS_COPY:-} ]]; then cp "$RESULTS" "$BENCH_RESULTS_COPY"; fi
