@@ -124,6 +124,9 @@ cpu_ticks() { local t=0 p; for p in $(proc_tree "$1"); do
 rss_kb() { local t=0 p; for p in $(proc_tree "$1"); do
     t=$(( t + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0) )); done; echo "$t"; }
 CLK_TCK=$(getconf CLK_TCK)
+# Two CPUs this process may run on: load tool + upstream/sim on CPU_A, the measured proxy or
+# client on CPU_B (the same CPU on a one-CPU machine).
+read -r CPU_A CPU_B < <(python3 -c 'import os; c = sorted(os.sched_getaffinity(0)); print(c[0], c[1] if len(c) > 1 else c[0])')
 
 # ---- peers ----
 install_peers() {
@@ -197,7 +200,7 @@ bench_proxy() {
   [[ -x $NGINX ]] || { skip "proxy overhead through nginx: nginx is not installed"; nginx_ok=0; }
   local up np rp
   up=$(free_port); np=$(free_port); rp=$(free_port)
-  start upstream taskset -c 0 "$EX/bench_sse" "127.0.0.1:$up" 16
+  start upstream taskset -c "$CPU_A" "$EX/bench_sse" "127.0.0.1:$up" 16
   local up_pid=$PID
   wait_port "$up" 30 || { skip "upstream did not start: $(tail -3 "$WORK/upstream.log")"; return 0; }
   local ngpid="" rtpid
@@ -205,12 +208,12 @@ bench_proxy() {
     mkdir -p "$WORK/nginx/tmp"
     sed -e "s#@DIR@#$WORK/nginx#g" -e "s#@PORT@#$np#" -e "s#@UPSTREAM_PORT@#$up#" \
       "$BENCH/nginx.conf.tmpl" >"$WORK/nginx/nginx.conf"
-    start nginx taskset -c 1 "$NGINX" -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf"
+    start nginx taskset -c "$CPU_B" "$NGINX" -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf"
     ngpid=$PID
     wait_port "$np" 30 || { skip "nginx did not start: $(tail -3 "$WORK/nginx.log" "$WORK/nginx/error.log")"; nginx_ok=0; }
   fi
   # retrace: one runtime worker on one core, like nginx's one worker; recording on.
-  start retrace-proxy env TOKIO_WORKER_THREADS=1 taskset -c 1 "$RETRACE" proxy \
+  start retrace-proxy env TOKIO_WORKER_THREADS=1 taskset -c "$CPU_B" "$RETRACE" proxy \
     --listen "127.0.0.1:$rp" --upstream "http://127.0.0.1:$up" --out "$WORK/recording" --admin off
   rtpid=$PID
   wait_port "$rp" 30 || { skip "retrace proxy did not start: $(tail -3 "$WORK/retrace-proxy.log")"; return 0; }
@@ -231,10 +234,10 @@ bench_proxy() {
           local c0 c1 line
           c0=$(cpu_ticks "$pid")
           if [[ $mode == max ]]; then
-            timeout $((WRK_S + 30)) taskset -c 0 wrk -t1 -c$WRK_CONNS -d"${WRK_S}s" --latency -s "$BENCH/post.lua" \
+            timeout $((WRK_S + 30)) taskset -c "$CPU_A" wrk -t1 -c$WRK_CONNS -d"${WRK_S}s" --latency -s "$BENCH/post.lua" \
               "http://127.0.0.1:$port/v1/completions" >"$WORK/wrk.out" 2>&1 || true
           else
-            BENCH_DELAY_MS=$FIXED_DELAY_MS timeout $((WRK_S + 30)) taskset -c 0 wrk -t1 -c$FIXED_CONNS -d"${WRK_S}s" --latency \
+            BENCH_DELAY_MS=$FIXED_DELAY_MS timeout $((WRK_S + 30)) taskset -c "$CPU_A" wrk -t1 -c$FIXED_CONNS -d"${WRK_S}s" --latency \
               -s "$BENCH/post.lua" "http://127.0.0.1:$port/v1/completions" >"$WORK/wrk.out" 2>&1 || true
           fi
           c1=$(cpu_ticks "$pid")
@@ -243,7 +246,7 @@ bench_proxy() {
           emit "{\"cmp\":\"proxy\",\"target\":\"$name\",\"mode\":\"$mode\",\"run\":$run,\"cpu_s\":$(awk -v a="$c0" -v b="$c1" -v h="$CLK_TCK" 'BEGIN{printf "%.3f", (b-a)/h}'),\"rss_kb\":$(rss_kb "$pid"),\"wrk\":$line}"
         done
       fi
-      if timeout 90 taskset -c 0 python3 "$BENCH/ttfb.py" "$port" "$TTFB_N" >"$WORK/ttfb.out" 2>&1; then
+      if timeout 90 taskset -c "$CPU_A" python3 "$BENCH/ttfb.py" "$port" "$TTFB_N" >"$WORK/ttfb.out" 2>&1; then
         emit "{\"cmp\":\"proxy\",\"target\":\"$name\",\"mode\":\"ttfb\",\"run\":$run,\"ttfb\":$(bench_line "$WORK/ttfb.out")}"
       else
         note "ttfb probe failed for $name: $(tail -2 "$WORK/ttfb.out" | tr '\n' ' ')"
@@ -267,10 +270,10 @@ bench_proxy_rss() {
   command -v h2load >/dev/null || { skip "proxy RSS over $RSS_REQS requests: h2load is not installed"; return 0; }
   local up rp
   up=$(free_port); rp=$(free_port)
-  start upstream2 taskset -c 0 "$EX/bench_sse" "127.0.0.1:$up" 16
+  start upstream2 taskset -c "$CPU_A" "$EX/bench_sse" "127.0.0.1:$up" 16
   local up_pid=$PID
   wait_port "$up" 30 || { skip "upstream did not start"; return 0; }
-  start retrace-proxy2 env TOKIO_WORKER_THREADS=1 taskset -c 1 "$RETRACE" proxy \
+  start retrace-proxy2 env TOKIO_WORKER_THREADS=1 taskset -c "$CPU_B" "$RETRACE" proxy \
     --listen "127.0.0.1:$rp" --upstream "http://127.0.0.1:$up" --out "$WORK/recording2" --admin off
   local rtpid=$PID
   wait_port "$rp" 30 || { skip "retrace proxy did not start"; stop "$up_pid"; return 0; }
@@ -281,7 +284,7 @@ bench_proxy_rss() {
   CMD_RSS="taskset -c 0 h2load --h1 -n $per -c 32 -m 1 -d body.json -H 'content-type: application/json' http://127.0.0.1:RP/v1/completions (× $steps)"
   for i in $(seq $steps); do
     t0=$(date +%s.%N)
-    timeout 900 taskset -c 0 h2load --h1 -n "$per" -c 32 -m 1 -d "$WORK/body.json" -H 'content-type: application/json' \
+    timeout 900 taskset -c "$CPU_A" h2load --h1 -n "$per" -c 32 -m 1 -d "$WORK/body.json" -H 'content-type: application/json' \
       "http://127.0.0.1:$rp/v1/completions" >"$WORK/h2load.out" 2>&1 || true
     t1=$(date +%s.%N)
     local ok
@@ -325,7 +328,7 @@ EOF
 # SIM_PID and SIM_PORT (0 when it did not start).
 start_sim() {
   SIM_PORT=$(free_port)
-  start "$1" taskset -c 0 "$RETRACE" sim --listen "127.0.0.1:$SIM_PORT" --truth "$2" --max-num-seqs 1024 --kv-blocks 1000000
+  start "$1" taskset -c "$CPU_A" "$RETRACE" sim --listen "127.0.0.1:$SIM_PORT" --truth "$2" --max-num-seqs 1024 --kv-blocks 1000000
   SIM_PID=$PID
   if ! wait_port "$SIM_PORT" 30; then
     note "sim did not start: $(tail -2 "$WORK/$1.log" | tr '\n' ' ')"
@@ -368,7 +371,7 @@ EOF
       mkdir -p "$dir"
       start_sim "sim-retrace" "$dir/truth.parquet"
       ((SIM_PORT)) || continue
-      timeout $((FID_S + 60)) taskset -c 1 "$RETRACE" replay "$WORK/trace.parquet" --target "http://127.0.0.1:$SIM_PORT" \
+      timeout $((FID_S + 60)) taskset -c "$CPU_B" "$RETRACE" replay "$WORK/trace.parquet" --target "http://127.0.0.1:$SIM_PORT" \
         --out "$dir/out" --users "$level" --duration "${FID_S}s" --no-tokenize --no-metrics --server-kind sim \
         --drain-timeout 30s -q >"$dir/client.log" 2>&1 || note "replay exit $? at $level streams: $(tail -2 "$dir/client.log" | tr '\n' ' ')"
       stop "$SIM_PID" # the truth file is closed on SIGTERM
@@ -391,7 +394,7 @@ EOF
       start_sim "sim-guidellm" "$dir/truth.parquet"
       ((SIM_PORT)) || continue
       (cd "$dir" && GUIDELLM__MAX_WORKER_PROCESSES=2 timeout $(( (FID_S + 60) * $(wc -w <<<"$FID_LEVELS") + 60 )) \
-        taskset -c 1 "$GUIDELLM" run \
+        taskset -c "$CPU_B" "$GUIDELLM" run \
         --backend "kind=openai_http,target=http://127.0.0.1:$SIM_PORT,model=sim-7b,request_format=/v1/completions" \
         --profile "kind=concurrent,streams=$first" --override profile.streams "$levels_csv" \
         --constraint "kind=max_duration,seconds=$FID_S" \
@@ -428,7 +431,7 @@ bench_rates() {
     mkdir -p "$dir"
     start_sim "sim-rate" "$dir/truth.parquet"
     ((SIM_PORT)) || continue
-    timeout $((FID_S + 60)) taskset -c 1 "$RETRACE" replay "$WORK/trace.parquet" --target "http://127.0.0.1:$SIM_PORT" \
+    timeout $((FID_S + 60)) taskset -c "$CPU_B" "$RETRACE" replay "$WORK/trace.parquet" --target "http://127.0.0.1:$SIM_PORT" \
       --out "$dir/out" --rate "$rate/s" --duration "${FID_S}s" --no-tokenize --no-metrics --server-kind sim \
       --drain-timeout 30s -q >"$dir/client.log" 2>&1 || true
     stop "$SIM_PID"
@@ -444,7 +447,7 @@ bench_rates() {
     start_sim "sim-rate-gl" "$dir/truth.parquet"
     ((SIM_PORT)) || return 0
     (cd "$dir" && GUIDELLM__MAX_WORKER_PROCESSES=2 timeout $(( (FID_S + 60) * $(wc -w <<<"$FID_RATES") + 60 )) \
-      taskset -c 1 "$GUIDELLM" run \
+      taskset -c "$CPU_B" "$GUIDELLM" run \
       --backend "kind=openai_http,target=http://127.0.0.1:$SIM_PORT,model=sim-7b,request_format=/v1/completions" \
       --profile "kind=constant,rate=$first" --override profile.rate "$rates_csv" \
       --constraint "kind=max_duration,seconds=$FID_S" \
@@ -511,7 +514,7 @@ bench_sim() {
   CMD_SIM="taskset -c 0 target/release/examples/sim_bench $SIM_STREAMS $SIM_TOKENS"
   local run
   for run in $(seq "$RUNS"); do
-    timeout 300 taskset -c 0 "$EX/sim_bench" "$SIM_STREAMS" "$SIM_TOKENS" >"$WORK/sim.out" 2>&1 || true
+    timeout 300 taskset -c "$CPU_A" "$EX/sim_bench" "$SIM_STREAMS" "$SIM_TOKENS" >"$WORK/sim.out" 2>&1 || true
     local line
     line=$(bench_line "$WORK/sim.out")
     if [[ -n $line ]]; then emit "{\"cmp\":\"sim\",\"run\":$run,\"r\":$line}"
