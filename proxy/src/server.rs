@@ -83,12 +83,10 @@ pub async fn spawn(config: ProxyConfig) -> Result<ProxyHandle, ProxyError> {
         )?))),
         None => None,
     };
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ProxyError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = bind_listener(config.listen).map_err(|source| ProxyError::Bind {
+        addr: config.listen,
+        source,
+    })?;
     let local_addr = listener.local_addr().map_err(|source| ProxyError::Bind {
         addr: config.listen,
         source,
@@ -382,4 +380,17 @@ fn admin_response(request: &Request<Incoming>, stats: &Stats) -> Response<Full<B
         response.headers_mut().insert(header::CONTENT_TYPE, value);
     }
     response
+}
+
+/// Binds a listener with a deep accept queue: a load test opens hundreds of connections
+/// at once, and the OS default backlog (128) overflows, delaying some by a SYN retry (~1 s).
+fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }

@@ -107,12 +107,10 @@ pub async fn spawn(config: SimConfig, listen: SocketAddr) -> Result<SimHandle, S
         Some(path) => Some(TruthWriter::create(path)?),
         None => None,
     };
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|source| SimError::Bind {
-            addr: listen,
-            source,
-        })?;
+    let listener = bind_listener(listen).map_err(|source| SimError::Bind {
+        addr: listen,
+        source,
+    })?;
     let local_addr = listener.local_addr().map_err(|source| SimError::Bind {
         addr: listen,
         source,
@@ -1023,6 +1021,19 @@ async fn generate(
         StatusCode::OK,
         &json!({"id": id, "object": object, "created": created, "model": config.model, "choices": [choice], "usage": usage}),
     )
+}
+
+/// Binds a listener with a deep accept queue: a load test opens hundreds of connections
+/// at once, and the OS default backlog (128) overflows, delaying some by a SYN retry (~1 s).
+fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 #[cfg(test)]
