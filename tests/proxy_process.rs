@@ -1,7 +1,9 @@
 //! Issue 9, the real `retrace proxy` process: SIGTERM under load loses no row, SIGKILL
 //! under load loses at most the flush interval and the next start recovers the temp file
-//! (and says so), 10,000 idle keep-alive connections while others are served, and planted
-//! secrets never reach a file or a log line (debug logging on).
+//! (and says so), 10,000 idle keep-alive connections while others are served, planted
+//! secrets never reach a file or a log line (debug logging on), SIGHUP reloads the TLS
+//! certificate, `--insecure-upstream` warns loudly, and a 20,000-request soak keeps RSS
+//! bounded and file descriptors flat.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
@@ -442,6 +444,396 @@ async fn issue_9_planted_secrets_never_reach_files_or_debug_logs() {
     eprintln!(
         "{sent} requests, {checked} files and {} log lines checked",
         log.len()
+    );
+    sim.shutdown().await.unwrap();
+}
+
+/// A self-signed EC certificate for localhost/127.0.0.1 made by the `openssl` CLI (the root
+/// package has no rcgen); `None` where openssl is missing.
+fn openssl_cert(dir: &Path, name: &str) -> Option<(PathBuf, PathBuf)> {
+    let cert = dir.join(format!("{name}-cert.pem"));
+    let key = dir.join(format!("{name}-key.pem"));
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()?;
+    status.success().then_some((cert, key))
+}
+
+/// SHA-256 fingerprint of a PEM certificate file, or of the certificate a TLS server at
+/// `addr` presents (via `openssl s_client`).
+fn fingerprint_file(cert: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(cert)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn fingerprint_served(addr: SocketAddr) -> String {
+    let mut client = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "localhost",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut pem = Vec::new();
+    std::io::Read::read_to_end(client.stdout.as_mut().unwrap(), &mut pem).unwrap();
+    let _ = client.wait();
+    let mut x509 = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(x509.stdin.as_mut().unwrap(), &pem).unwrap();
+    let out = x509.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_9_sighup_reloads_the_tls_certificate_even_with_unchanged_mtimes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (Some((cert_a, key_a)), Some((cert_b, key_b))) =
+        (openssl_cert(dir.path(), "a"), openssl_cert(dir.path(), "b"))
+    else {
+        eprintln!("SKIPPED: the openssl CLI is not available");
+        return;
+    };
+    let (fp_a, fp_b) = (fingerprint_file(&cert_a), fingerprint_file(&cert_b));
+    assert!(fp_a.contains("Fingerprint=") && fp_a != fp_b);
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::copy(&cert_a, &cert).unwrap();
+    std::fs::copy(&key_a, &key).unwrap();
+    let sim = sim(50.0).await;
+    let out = tempfile::tempdir().unwrap();
+    let (cert_arg, key_arg) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let proxy = start_proxy(
+        &sim.base_url(),
+        out.path(),
+        &["--tls-cert", cert_arg, "--tls-key", key_arg],
+        "info",
+    );
+    let addr = proxy.addr;
+    let served = tokio::task::spawn_blocking(move || fingerprint_served(addr));
+    assert_eq!(served.await.unwrap(), fp_a);
+
+    // New files with the old mtimes: the once-a-second mtime poll cannot see the change.
+    let mtimes: Vec<_> = [&cert, &key]
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().modified().unwrap())
+        .collect();
+    std::fs::copy(&key_b, &key).unwrap();
+    std::fs::copy(&cert_b, &cert).unwrap();
+    for (path, mtime) in [&cert, &key].iter().zip(&mtimes) {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(*mtime)
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let served = tokio::task::spawn_blocking(move || fingerprint_served(addr));
+    assert_eq!(
+        served.await.unwrap(),
+        fp_a,
+        "no reload without a change of mtime"
+    );
+
+    signal(&proxy, "-HUP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut served = String::new();
+    while Instant::now() < deadline {
+        served = tokio::task::spawn_blocking(move || fingerprint_served(addr))
+            .await
+            .unwrap();
+        if served == fp_b {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(served, fp_b, "SIGHUP reloads the certificate");
+    let mut proxy = proxy;
+    assert!(
+        proxy.child.try_wait().unwrap().is_none(),
+        "SIGHUP does not stop the proxy"
+    );
+    let log = proxy.log.lock().unwrap().join("\n");
+    assert!(log.contains("TLS certificate reloaded"), "{log}");
+    signal(&proxy, "-TERM");
+    let status = tokio::task::block_in_place(|| wait_exit(&mut proxy, Duration::from_secs(30)));
+    assert!(status.success());
+    sim.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_9_insecure_upstream_is_a_loud_warning_and_reaches_a_self_signed_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((cert, key)) = openssl_cert(dir.path(), "upstream") else {
+        eprintln!("SKIPPED: the openssl CLI is not available");
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // `openssl s_server -www` answers any GET with a 200 status page: a real self-signed
+    // HTTPS upstream. (Without the flag such an upstream gives 502: proxy/tests/tls.rs.)
+    let mut server = Command::new("openssl")
+        .args(["s_server", "-accept", &format!("127.0.0.1:{port}"), "-www"])
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Ready once it prints ACCEPT (a probe connection would occupy its single accept).
+    let stdout = server.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("ACCEPT") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("openssl s_server did not start");
+    let out = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(
+        &format!("https://localhost:{port}"),
+        out.path(),
+        &["--insecure-upstream"],
+        "info",
+    );
+    // Raw: the proxy answers in the upstream's HTTP version (s_server speaks HTTP/1.0).
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(b"GET /v1/models HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), tcp.read_to_end(&mut raw)).await;
+    let _ = server.kill();
+    let _ = server.wait();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.starts_with("HTTP/1.") && text[8..].starts_with(" 200"),
+        "{text} / log {:?}",
+        proxy.log.lock().unwrap()
+    );
+    assert!(
+        text.contains("s_server"),
+        "the upstream's status page: {text}"
+    );
+    let log = proxy.log.lock().unwrap().join("\n");
+    let warning = log
+        .lines()
+        .find(|l| l.contains("--insecure-upstream"))
+        .unwrap_or_else(|| panic!("no warning in {log}"));
+    assert!(
+        warning.contains("WARN") && warning.contains("NOT verified"),
+        "{warning}"
+    );
+}
+
+/// Resident set size of a process, bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// Sequential keep-alive streaming requests on one connection; a new connection every
+/// `per_connection` requests. Returns the number of complete 200 responses.
+async fn keepalive_worker(
+    addr: SocketAddr,
+    w: usize,
+    requests: usize,
+    per_connection: usize,
+    done: Arc<std::sync::atomic::AtomicUsize>,
+    deadline: Instant,
+) -> usize {
+    let mut ok = 0;
+    let mut i = 0;
+    while i < requests && Instant::now() < deadline {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        for _ in 0..per_connection.min(requests - i) {
+            i += 1;
+            let body = format!(
+                "{{\"model\":\"sim-7b\",\"stream\":true,\"max_tokens\":4,\"prompt\":\"soak {w} {i}\"}}"
+            );
+            let raw = format!(
+                "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            tcp.write_all(raw.as_bytes()).await.unwrap();
+            // The streamed response is chunked: it ends with the zero-size chunk.
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            while !buf.ends_with(b"\r\n0\r\n\r\n") {
+                let n = tokio::time::timeout(Duration::from_secs(30), tcp.read(&mut chunk))
+                    .await
+                    .expect("response within 30 s")
+                    .unwrap();
+                assert!(n > 0, "connection closed mid-response");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            assert!(buf.starts_with(b"HTTP/1.1 200"));
+            assert!(
+                String::from_utf8_lossy(&buf).contains("data: [DONE]"),
+                "complete stream"
+            );
+            ok += 1;
+            done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_9_soak_20000_requests_rss_bounded_and_no_fd_growth() {
+    const REQUESTS: usize = 20_000;
+    const WORKERS: usize = 16;
+    let sim = sim(1000.0).await;
+    let out = tempfile::tempdir().unwrap();
+    let mut proxy = start_proxy(&sim.base_url(), out.path(), &[], "info");
+    let pid = proxy.child.id();
+    let warm = request(
+        proxy.addr,
+        &post(
+            "/v1/completions",
+            r#"{"model":"sim-7b","stream":true,"max_tokens":4,"prompt":"warm"}"#,
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(warm.map(|r| r.0), Some(200));
+    // The warm-up request's pooled upstream connection expires after 4 s idle; baseline
+    // once it has (or after 10 s).
+    let fds_base_deadline = Instant::now() + Duration::from_secs(10);
+    let mut fds_before = fd_count(pid);
+    while Instant::now() < fds_base_deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = fd_count(pid);
+        if now < fds_before {
+            fds_before = now;
+            break;
+        }
+    }
+
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (done, stop) = (done.clone(), stop.clone());
+        // (requests done, RSS bytes, fds) every 100 ms while the load runs.
+        std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                samples.push((done.load(Ordering::Relaxed), rss_bytes(pid), fd_count(pid)));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            samples
+        })
+    };
+    let started = Instant::now();
+    // Bounded in count and time: 20,000 requests or 90 s.
+    let deadline = started + Duration::from_secs(90);
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..WORKERS {
+        tasks.spawn(keepalive_worker(
+            proxy.addr,
+            w,
+            REQUESTS / WORKERS,
+            100,
+            done.clone(),
+            deadline,
+        ));
+    }
+    let mut answered = 0;
+    while let Some(ok) = tasks.join_next().await {
+        answered += ok.unwrap();
+    }
+    let load_s = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let samples = sampler.join().unwrap();
+    assert!(
+        answered >= 5_000,
+        "only {answered} requests in {load_s:.0} s"
+    );
+
+    // Clients are gone; the upstream pool's idle connections expire after 4 s.
+    let fd_deadline = Instant::now() + Duration::from_secs(20);
+    let mut fds_after = fd_count(pid);
+    while fds_after > fds_before + 3 && Instant::now() < fd_deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        fds_after = fd_count(pid);
+    }
+    let fds_max = samples.iter().map(|s| s.2).max().unwrap_or(0);
+    // Warm-up: the first tenth of the requests (allocator arenas, buffers, pools).
+    let rss_warm = samples
+        .iter()
+        .find(|s| s.0 >= answered / 10)
+        .map_or(0, |s| s.1);
+    let rss_max = samples.iter().map(|s| s.1).max().unwrap_or(0);
+    let rss_end = rss_bytes(pid);
+    eprintln!(
+        "soak: {answered} requests in {load_s:.1} s; fds {fds_before} -> max {fds_max} -> {fds_after}; RSS after warm-up {} MiB, max {} MiB, end {} MiB",
+        rss_warm >> 20,
+        rss_max >> 20,
+        rss_end >> 20
+    );
+    assert!(
+        fds_after <= fds_before + 3,
+        "fds grew: {fds_before} -> {fds_after}"
+    );
+    assert!(
+        fds_max <= fds_before + 2 * WORKERS + 16,
+        "fds under load {fds_max} (base {fds_before}, {WORKERS} clients)"
+    );
+    assert!(rss_warm > 0);
+    assert!(
+        rss_max.max(rss_end) < rss_warm + 50 * 1024 * 1024,
+        "RSS grew by {} MiB after warm-up",
+        (rss_max.max(rss_end) - rss_warm) >> 20
+    );
+
+    signal(&proxy, "-TERM");
+    let status = tokio::task::block_in_place(|| wait_exit(&mut proxy, Duration::from_secs(60)));
+    assert!(status.success(), "exit {status:?}");
+    assert_eq!(
+        rows(out.path()).len(),
+        answered + 1,
+        "rows == requests answered (+ the warm-up)"
     );
     sim.shutdown().await.unwrap();
 }
