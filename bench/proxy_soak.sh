@@ -9,7 +9,8 @@
 #
 # Env: RETRACE_BIN (default target/release/retrace), SOAK_DIR (output; default a new
 # temp dir), SOAK_CONNECTIONS (64), SOAK_THREADS (2), SOAK_MAX_SECONDS (1800: wrk is
-# stopped after this long whatever the count). Needs wrk, curl, python3.
+# stopped after this long whatever the count), SOAK_PROXY_ARGS (extra `retrace proxy`
+# options, e.g. "--rotate-age 5s"). Needs wrk, curl, python3.
 # Writes SOAK_DIR/samples.csv (elapsed_s,rss_kib,fds,requests_received,rows_written),
 # SOAK_DIR/summary.json and the recording in SOAK_DIR/out/. Exit 1 if a check fails.
 set -euo pipefail
@@ -35,7 +36,7 @@ trap cleanup EXIT
 "$BIN" sim --listen "127.0.0.1:$SIM_PORT" --speedup 1000 2>"$DIR/sim.log" &
 pids+=($!)
 "$BIN" proxy --listen "127.0.0.1:$PROXY_PORT" --admin "127.0.0.1:$ADMIN_PORT" \
-  --upstream "http://127.0.0.1:$SIM_PORT" --out "$DIR/out" 2>"$DIR/proxy.log" &
+  --upstream "http://127.0.0.1:$SIM_PORT" --out "$DIR/out" ${SOAK_PROXY_ARGS:-} 2>"$DIR/proxy.log" &
 PROXY_PID=$!
 pids+=($PROXY_PID)
 for _ in $(seq 100); do
