@@ -3,7 +3,7 @@
 //! writer fails, rows are dropped and counted, and clients see no change.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -53,6 +53,8 @@ pub(crate) struct WriterThread {
 }
 
 const TICK: Duration = Duration::from_millis(100);
+/// How long the writer thread sleeps when its queue is empty.
+const POLL: Duration = Duration::from_millis(5);
 const RETRY_CREATE: Duration = Duration::from_secs(2);
 
 impl Recorder {
@@ -146,7 +148,16 @@ fn writer_loop(
         }
     };
     loop {
-        let message = receiver.recv_timeout(TICK);
+        let message = match receiver.try_recv() {
+            Ok(message) => Ok(message),
+            Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+            Err(TryRecvError::Empty) => {
+                // Poll rather than block: with the receiver parked, every `try_send` on the
+                // hot path wakes it (a futex call and a context switch per request).
+                std::thread::sleep(POLL);
+                Err(RecvTimeoutError::Timeout)
+            }
+        };
         match message {
             Ok(Message::Row(row)) => {
                 stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
