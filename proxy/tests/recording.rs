@@ -302,8 +302,19 @@ async fn shutdown_under_load_drains_and_loses_no_rows() {
             post(&client, &url, &body, &[("x-test-gap-ms", "50")]).await
         });
     }
-    // Stop while the streams (10 × 50 ms each) are in flight.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Stop while the streams (10 × 50 ms each) are in flight: once every request has
+    // reached the upstream (a fixed sleep raced slow machines: requests not yet accepted
+    // when the proxy stops listening are refused, rightly).
+    assert!(
+        wait_for(Duration::from_secs(30), || upstream
+            .seen
+            .lock()
+            .unwrap()
+            .len()
+            == 100)
+        .await,
+        "all 100 requests reach the upstream"
+    );
     stop_tx.send(()).unwrap();
     let mut complete = 0;
     while let Some(result) = tasks.join_next().await {
