@@ -16,6 +16,11 @@ fn pyarrow_available() -> bool {
     {
         Ok(o) if o.status.success() => true,
         _ => {
+            // CI installs pyarrow and sets this, so the cross-check cannot silently skip there.
+            assert!(
+                std::env::var_os("RETRACE_REQUIRE_PYARROW").is_none(),
+                "RETRACE_REQUIRE_PYARROW is set but python3 cannot import pyarrow"
+            );
             println!("SKIPPED: python3 with pyarrow not available (pip install pyarrow)");
             false
         }
