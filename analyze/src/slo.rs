@@ -203,15 +203,9 @@ pub fn parse_duration_us(text: &str) -> Option<f64> {
         .map(|d| d.as_secs_f64() * 1e6)
 }
 
-/// Parses `0.1%` or `0.001` into a fraction.
+/// Parses `0.1%` or `0.001` into a fraction (see `traces::units`).
 fn parse_fraction(text: &str) -> Option<f64> {
-    let text = text.trim();
-    let value = if let Some(p) = text.strip_suffix('%') {
-        p.trim().parse::<f64>().ok()? / 100.0
-    } else {
-        text.parse::<f64>().ok()?
-    };
-    (value.is_finite() && (0.0..=1.0).contains(&value)).then_some(value)
+    retrace_traces::units::parse_fraction(text).ok()
 }
 
 fn parse_number(text: &str) -> Option<f64> {

@@ -170,19 +170,7 @@ pub fn parse_speedup(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-/// Parses a fraction: `0.01` or `1%`.
-pub fn parse_fraction(s: &str) -> Result<f64, String> {
-    let t = s.trim();
-    let v = match t.strip_suffix('%') {
-        Some(p) => p.parse::<f64>().map(|v| v / 100.0),
-        None => t.parse::<f64>(),
-    }
-    .map_err(|_| format!("`{s}`: expected a fraction like 0.01 or 1%"))?;
-    if !(0.0..=1.0).contains(&v) {
-        return Err(format!("`{s}`: must be within 0..=1 (0%..=100%)"));
-    }
-    Ok(v)
-}
+pub use retrace_traces::units::parse_fraction;
 
 /// Parses a drift in percent per simulated hour: `5%/h`, `5%`, `5` → 0.05.
 pub fn parse_drift(s: &str) -> Result<f64, String> {

@@ -64,6 +64,20 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok(bytes.round() as u64)
 }
 
+/// Parses a fraction: `0.01` or `1%`, within 0..=1.
+pub fn parse_fraction(text: &str) -> Result<f64, String> {
+    let trimmed = text.trim();
+    let value = match trimmed.strip_suffix('%') {
+        Some(percent) => percent.trim().parse::<f64>().map(|v| v / 100.0),
+        None => trimmed.parse::<f64>(),
+    }
+    .map_err(|_| format!("`{text}`: expected a fraction like 0.01 or 1%"))?;
+    if !(value.is_finite() && (0.0..=1.0).contains(&value)) {
+        return Err(format!("`{text}`: must be within 0..=1 (0%..=100%)"));
+    }
+    Ok(value)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -82,6 +96,15 @@ mod tests {
             .unwrap_err()
             .contains("fortnights"));
         assert!(parse_duration("1e30h").is_err());
+    }
+
+    #[test]
+    fn fractions() {
+        assert_eq!(parse_fraction("1%"), Ok(0.01));
+        assert_eq!(parse_fraction("0.25"), Ok(0.25));
+        assert!(parse_fraction("1.5").is_err());
+        assert!(parse_fraction("150%").is_err());
+        assert!(parse_fraction("x").is_err());
     }
 
     #[test]
