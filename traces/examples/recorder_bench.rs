@@ -1,43 +1,195 @@
 //! Recorder benchmark: encodes realistic request rows through [`RowWriter`] on one thread
-//! and prints rows/s and bytes/row on disk as one JSON line.
+//! and prints rows/s, bytes/row on disk and bytes/row per column as one JSON line.
 //!
 //! `cargo run --release -p retrace-traces --example recorder_bench -- --rows 10000000`
+//! (options: `--rows N`, `--dir D` to keep the files, `--lengths azure|mooncake`, `--sessions`,
+//! `--variants` to compare writer settings on the same rows in memory).
 //!
-//! Rows are generated in chunks outside the timed section, in completion order (as the
-//! proxy pushes them: a request is written when its response ends), from: Poisson arrivals
-//! at ~50/s, lognormal prompt and output lengths, a few models, mostly `ok` outcomes,
-//! TTFT/E2E/ITL consistent with those lengths, and 0–8 prefix blocks reused across a
-//! session and across requests sharing a system prompt.
+//! # Where the rows come from
+//! Every distribution that the real traces in `traces/samples/` contain is resampled from
+//! them (bootstrap, seeded), not invented:
+//! - **Arrivals**: inter-arrival gaps drawn from the 19,365 gaps of the Azure 2023
+//!   conversation trace (mean 181 ms, ~5.5 req/s, 0.1 µs resolution).
+//! - **Prompt and output tokens**: `(ContextTokens, GeneratedTokens)` pairs of the same
+//!   Azure trace, drawn jointly (`--lengths azure`, the default: median prompt 1,020 tokens,
+//!   1.7 full 512-token blocks a row), or the Mooncake row's own lengths (`--lengths
+//!   mooncake`: Kimi's long-context traffic, median 8,353 prompt tokens, 27 blocks a row).
+//! - **Prefix hashes**: the Mooncake conversation trace's `hash_ids` (512-token blocks),
+//!   its 918 rows taken in order and tiled. A row keeps the first `prompt_tokens / 512`
+//!   ids of its Mooncake row (a shorter prompt of the same workload shares exactly the
+//!   same leading blocks); a prompt longer than its Mooncake row gets fresh blocks. Each
+//!   tile maps ids to fresh 64-bit hashes, so nothing is shared across tiles (every 918
+//!   rows) — pessimistic: real system prompts and sessions outlive 300 s.
+//! - **Sessions**: derived from Mooncake too: a row that shares its first two or more
+//!   blocks with an earlier row continues that row's session (turn + 1; `message_count` =
+//!   2 + 2 × turn); otherwise it starts one (725 sessions in 918 rows). The proxy records a
+//!   session id only from an `x-session-id` header, which OpenAI-compatible clients do not
+//!   send, so by default `session_id` is null; `--sessions` gives every row its session as
+//!   32 random hex digits (a UUID-like header): ~15 bytes a row of pure entropy, since
+//!   most sessions have one request.
+//! - **Models and failures**: BurstGPT's shares (ChatGPT 80%, GPT-4 20%) and its failure
+//!   rate (rows with 0 response tokens: 17 of 400), recorded as `http_error` / 500.
+//!
+//! Not in any sample, so modelled (and marked so): every request streams chat (the traces
+//! are conversation services; streaming is also the most expensive case: chunk and ITL
+//! columns are all set); TTFT = (30 ms + 50 µs × prompt tokens) and the ITL mean = 25 ms,
+//! each × lognormal(σ 0.3) noise, at µs resolution; half the requests set a `max_tokens`
+//! from {256, …, 4096}, which caps the output (`finish_reason` `length`); request bytes =
+//! tokens × lognormal(4 bytes, σ 0.15) + 180, response bytes = tokens × lognormal(160, σ
+//! 0.1). Rows are pushed in completion order (arrival + e2e), as the proxy pushes them.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rand_distr::{Distribution, Exp, LogNormal};
+use rand_distr::{Distribution, LogNormal};
 use retrace_traces::rows::{Endpoint, Outcome, RequestRow, TokenSource};
 use retrace_traces::schema::FileMeta;
 use retrace_traces::write::{RowWriter, WriterOptions};
 use retrace_traces::GapSummary;
 
-const MODELS: [&str; 3] = [
-    "meta-llama/Llama-3.1-8B-Instruct",
-    "Qwen/Qwen2.5-72B-Instruct",
-    "mistralai/Mistral-7B-Instruct-v0.3",
-];
+type Error = Box<dyn std::error::Error>;
+
+/// One row of the Mooncake sample, with the session derived from shared prefixes.
+struct MoonRow {
+    hash_ids: Vec<u64>,
+    input: u32,
+    output: u32,
+    session: u64,
+    turn: u32,
+}
+
+/// What the generator resamples, read from `traces/samples/`.
+struct Samples {
+    gaps_us: Vec<i64>,
+    azure_lengths: Vec<(u32, u32)>,
+    mooncake: Vec<MoonRow>,
+    /// (model, cumulative share).
+    models: Vec<(String, f64)>,
+    failure_rate: f64,
+}
+
+fn samples_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/samples"))
+}
+
+impl Samples {
+    fn load() -> Result<Samples, Error> {
+        let dir = samples_dir();
+        // Azure 2023 conversation trace: TIMESTAMP,ContextTokens,GeneratedTokens.
+        let azure_path = dir.join("azure_2023/AzureLLMInferenceTrace_conv.csv");
+        let azure = std::fs::read_to_string(&azure_path)
+            .map_err(|e| format!("{}: {e}", azure_path.display()))?;
+        let mut times = Vec::new();
+        let mut azure_lengths = Vec::new();
+        for (n, line) in azure.lines().enumerate().skip(1) {
+            let mut it = line.split(',');
+            let (Some(t), Some(c), Some(g)) = (it.next(), it.next(), it.next()) else {
+                return Err(
+                    format!("{}:{}: expected 3 fields", azure_path.display(), n + 1).into(),
+                );
+            };
+            let t = chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f")
+                .map_err(|e| format!("{}:{}: TIMESTAMP: {e}", azure_path.display(), n + 1))?;
+            times.push(t.and_utc().timestamp_micros());
+            azure_lengths.push((c.trim().parse()?, g.trim().parse()?));
+        }
+        let gaps_us = times.windows(2).map(|w| (w[1] - w[0]).max(0)).collect();
+
+        // Mooncake conversation trace: {timestamp, input_length, output_length, hash_ids}.
+        let moon_path = dir.join("mooncake/mooncake_conversation_first300s.jsonl");
+        let moon = std::fs::read_to_string(&moon_path)
+            .map_err(|e| format!("{}: {e}", moon_path.display()))?;
+        let mut mooncake: Vec<MoonRow> = Vec::new();
+        for (n, line) in moon.lines().enumerate() {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| format!("{}:{}: {e}", moon_path.display(), n + 1))?;
+            let field = |k: &str| {
+                v[k].as_u64()
+                    .ok_or_else(|| format!("{}:{}: `{k}` missing", moon_path.display(), n + 1))
+            };
+            let hash_ids: Vec<u64> = v["hash_ids"]
+                .as_array()
+                .ok_or_else(|| format!("{}:{}: `hash_ids` missing", moon_path.display(), n + 1))?
+                .iter()
+                .filter_map(serde_json::Value::as_u64)
+                .collect();
+            // The session: the earlier row sharing the longest leading prefix (>= 2 blocks;
+            // one shared block is the common system prompt).
+            let mut best: Option<(usize, usize)> = None;
+            for (k, prev) in mooncake.iter().enumerate() {
+                let common = prev
+                    .hash_ids
+                    .iter()
+                    .zip(&hash_ids)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                if common >= 2 && best.is_none_or(|(_, c)| common >= c) {
+                    best = Some((k, common));
+                }
+            }
+            let (session, turn) = match best {
+                Some((k, _)) => (mooncake[k].session, mooncake[k].turn + 1),
+                None => (n as u64, 0),
+            };
+            mooncake.push(MoonRow {
+                hash_ids,
+                input: u32::try_from(field("input_length")?)?,
+                output: u32::try_from(field("output_length")?)?,
+                session,
+                turn,
+            });
+        }
+
+        // BurstGPT: Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type.
+        let burst_path = dir.join("burstgpt/BurstGPT_1_first400.csv");
+        let burst = std::fs::read_to_string(&burst_path)
+            .map_err(|e| format!("{}: {e}", burst_path.display()))?;
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        let (mut total, mut failed) = (0usize, 0usize);
+        for line in burst.lines().skip(1) {
+            let fields: Vec<&str> = line.split(',').collect();
+            let (Some(model), Some(resp)) = (fields.get(1), fields.get(3)) else {
+                continue;
+            };
+            total += 1;
+            failed += usize::from(resp.trim() == "0");
+            match counts.iter_mut().find(|(m, _)| m == model) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((model.to_string(), 1)),
+            }
+        }
+        let mut acc = 0.0;
+        let models = counts
+            .into_iter()
+            .map(|(m, c)| {
+                acc += c as f64 / total.max(1) as f64;
+                (m, acc)
+            })
+            .collect();
+        Ok(Samples {
+            gaps_us,
+            azure_lengths,
+            mooncake,
+            models,
+            failure_rate: failed as f64 / total.max(1) as f64,
+        })
+    }
+}
 
 struct Gen {
     rng: StdRng,
+    s: Samples,
+    mooncake_lengths: bool,
+    sessions: bool,
     now_us: i64,
-    inter_arrival: Exp<f64>,
-    prompt: LogNormal<f64>,
-    output: LogNormal<f64>,
     jitter: LogNormal<f64>,
-    /// Recent sessions: (id, prefix hashes of their last prompt).
-    sessions: Vec<(String, Vec<u64>)>,
-    /// Shared system-prompt first blocks, per model.
-    system_blocks: Vec<Vec<u64>>,
+    bytes_per_token: LogNormal<f64>,
+    bytes_per_chunk: LogNormal<f64>,
+    produced: u64,
     id_counter: u64,
 }
 
@@ -50,85 +202,79 @@ fn mix(mut x: u64) -> u64 {
 }
 
 impl Gen {
-    fn new(seed: u64) -> Result<Gen, Box<dyn std::error::Error>> {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let system_blocks = (0..MODELS.len())
-            .map(|_| (0..8).map(|_| rng.random::<u64>()).collect())
-            .collect();
+    fn new(seed: u64, mooncake_lengths: bool, sessions: bool) -> Result<Gen, Error> {
         Ok(Gen {
-            rng,
+            rng: StdRng::seed_from_u64(seed),
+            s: Samples::load()?,
+            mooncake_lengths,
+            sessions,
             now_us: 1_767_225_600_000_000,
-            inter_arrival: Exp::new(50.0)?,
-            prompt: LogNormal::new((800.0f64).ln(), 1.0)?,
-            output: LogNormal::new((250.0f64).ln(), 0.8)?,
             jitter: LogNormal::new(0.0, 0.3)?,
-            sessions: Vec::new(),
-            system_blocks,
+            bytes_per_token: LogNormal::new(4.0f64.ln(), 0.15)?,
+            bytes_per_chunk: LogNormal::new(160.0f64.ln(), 0.1)?,
+            produced: 0,
             id_counter: 0,
         })
     }
 
     fn row(&mut self) -> RequestRow {
         let rng = &mut self.rng;
-        self.now_us += (self.inter_arrival.sample(rng) * 1e6) as i64;
+        let s = &self.s;
+        self.now_us += s.gaps_us[rng.random_range(0..s.gaps_us.len())];
         self.id_counter += 1;
         // The proxy's id format: a random per-process prefix and a counter.
         let request_id = format!("{:012x}-{:010}", 0x5e3a_91c2_7f04u64, self.id_counter);
-        let chat = rng.random_bool(0.8);
-        let model_idx = match rng.random_range(0..10) {
-            0..=6 => 0,
-            7 | 8 => 1,
-            _ => 2,
+        let tile = self.produced / s.mooncake.len() as u64;
+        let moon = &s.mooncake[(self.produced % s.mooncake.len() as u64) as usize];
+        self.produced += 1;
+        let (prompt_tokens, mut output_tokens) = if self.mooncake_lengths {
+            (moon.input, moon.output)
+        } else {
+            s.azure_lengths[rng.random_range(0..s.azure_lengths.len())]
         };
-        let stream = rng.random_bool(0.9);
-        let prompt_tokens = (self.prompt.sample(rng) as u32).clamp(1, 128_000);
-        let blocks = ((prompt_tokens / 512) as usize).min(8);
-        // Sessions: 40% of chat requests continue a recent conversation.
-        let mut session_id = None;
-        let mut prefix: Vec<u64> = Vec::with_capacity(blocks);
-        if chat && !self.sessions.is_empty() && rng.random_bool(0.4) {
-            let k = rng.random_range(0..self.sessions.len());
-            let (id, hashes) = &self.sessions[k];
-            session_id = Some(id.clone());
-            prefix.extend(hashes.iter().take(blocks));
-        } else if chat && rng.random_bool(0.5) {
-            let id = format!("sess-{:08x}", rng.random::<u32>());
-            if self.sessions.len() >= 500 {
-                let k = rng.random_range(0..self.sessions.len());
-                self.sessions.swap_remove(k);
-            }
-            self.sessions.push((id.clone(), Vec::new()));
-            session_id = Some(id);
-        }
-        // A shared system prompt makes the first blocks common across requests of a model.
-        if prefix.is_empty() && blocks > 0 && rng.random_bool(0.6) {
-            let shared = rng.random_range(1..=blocks.min(2));
-            prefix.extend(&self.system_blocks[model_idx][..shared]);
-        }
+        let output_tokens_asked = output_tokens.max(1);
+        let blocks = (prompt_tokens / 512) as usize;
+        let mut prefix: Vec<u64> = moon
+            .hash_ids
+            .iter()
+            .take(blocks)
+            .map(|id| mix((tile << 32) ^ id))
+            .collect();
         while prefix.len() < blocks {
             let prev = prefix.last().copied().unwrap_or(0);
             prefix.push(mix(prev ^ rng.random::<u64>()));
         }
-        if let Some(id) = &session_id {
-            if let Some(s) = self.sessions.iter_mut().find(|(sid, _)| sid == id) {
-                s.1 = prefix.clone();
-            }
-        }
-        let roll = rng.random_range(0..1000);
-        let (outcome, status) = match roll {
-            0..=9 => (Outcome::HttpError, Some(if roll < 6 { 429 } else { 500 })),
-            10..=14 => (Outcome::ClientCancelled, Some(200)),
-            15..=19 => (Outcome::Timeout, None),
-            _ => (Outcome::Ok, Some(200)),
+        let session_id = self.sessions.then(|| {
+            format!(
+                "{:016x}{:016x}",
+                mix(tile ^ (moon.session << 32)),
+                mix(moon.session ^ (tile << 32))
+            )
+        });
+        let u: f64 = rng.random();
+        let model = s
+            .models
+            .iter()
+            .find(|(_, cum)| u < *cum)
+            .or(s.models.last())
+            .map(|(m, _)| m.clone());
+        let failed = rng.random_bool(s.failure_rate);
+        let (outcome, status) = if failed {
+            (Outcome::HttpError, Some(500))
+        } else {
+            (Outcome::Ok, Some(200))
         };
-        let ok = outcome == Outcome::Ok;
-        let output_tokens = (self.output.sample(rng) as u32).clamp(1, 8192);
+        let ok = !failed;
+        let max_tokens = rng
+            .random_bool(0.5)
+            .then(|| [256, 512, 1024, 2048, 4096][rng.random_range(0..5)]);
+        output_tokens = output_tokens_asked.min(max_tokens.unwrap_or(u32::MAX));
+        let truncated = output_tokens < output_tokens_asked;
         let ttft = (30_000.0 + prompt_tokens as f64 * 50.0) * self.jitter.sample(rng);
         let itl_mean = 25_000.0 * self.jitter.sample(rng);
         let e2e = ttft + itl_mean * output_tokens.saturating_sub(1) as f64;
         let (ttfb_us, ttft_us, e2e_us, chunk_count, itl) = if ok {
-            let ttfb = if stream { ttft * 0.98 } else { e2e };
-            let itl = (stream && output_tokens >= 2).then(|| GapSummary {
+            let itl = (output_tokens >= 2).then(|| GapSummary {
                 count: output_tokens - 1,
                 mean_us: itl_mean as u64,
                 p50_us: (itl_mean * 0.95) as u64,
@@ -136,32 +282,39 @@ impl Gen {
                 max_us: (itl_mean * 4.0 * self.jitter.sample(rng)) as u64,
             });
             (
-                Some(ttfb as u64),
-                Some(if stream { ttft as u64 } else { e2e as u64 }),
+                Some((ttft * 0.98) as u64),
+                Some(ttft as u64),
                 Some(e2e as u64),
-                stream.then_some(output_tokens),
+                Some(output_tokens),
                 itl,
             )
         } else {
-            (None, None, Some((e2e * 0.3) as u64), None, None)
+            (
+                Some((ttft * 0.3) as u64),
+                None,
+                Some((ttft * 0.3) as u64),
+                None,
+                None,
+            )
+        };
+        let request_bytes =
+            (f64::from(prompt_tokens) * self.bytes_per_token.sample(rng)) as u64 + 180;
+        let response_bytes = if ok {
+            (f64::from(output_tokens) * self.bytes_per_chunk.sample(rng)) as u64
+        } else {
+            60
         };
         RequestRow {
             request_id,
             arrival_us: self.now_us,
             session_id,
-            endpoint: if chat {
-                Endpoint::Chat
-            } else {
-                Endpoint::Completions
-            },
-            model: Some(MODELS[model_idx].to_string()),
-            stream,
+            endpoint: Endpoint::Chat,
+            model,
+            stream: true,
             prompt_tokens: Some(prompt_tokens),
             prompt_tokens_source: TokenSource::Usage,
-            max_tokens: rng
-                .random_bool(0.5)
-                .then(|| [256, 512, 1024, 2048, 4096][rng.random_range(0..5)]),
-            message_count: chat.then(|| 1 + 2 * rng.random_range(0..6)),
+            max_tokens,
+            message_count: Some(2 + 2 * moon.turn),
             output_tokens: ok.then_some(output_tokens),
             output_tokens_source: if ok {
                 TokenSource::Usage
@@ -176,22 +329,9 @@ impl Gen {
             e2e_us,
             chunk_count,
             itl,
-            request_bytes: Some(u64::from(prompt_tokens) * 4 + 180),
-            response_bytes: ok.then(|| {
-                if stream {
-                    u64::from(output_tokens) * 160
-                } else {
-                    u64::from(output_tokens) * 4 + 300
-                }
-            }),
-            finish_reason: ok.then(|| {
-                if rng.random_bool(0.8) {
-                    "stop"
-                } else {
-                    "length"
-                }
-                .to_string()
-            }),
+            request_bytes: Some(request_bytes),
+            response_bytes: Some(response_bytes),
+            finish_reason: ok.then(|| if truncated { "length" } else { "stop" }.to_string()),
             prompt_text: None,
             response_text: None,
         }
@@ -210,23 +350,33 @@ fn thread_cpu() -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Error> {
     let mut rows: u64 = 1_000_000;
     let mut keep_dir = None;
     let mut variants = false;
+    let mut mooncake_lengths = false;
+    let mut sessions = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--rows" => rows = args.next().ok_or("--rows needs a value")?.parse()?,
             "--variants" => variants = true,
+            "--sessions" => sessions = true,
+            "--lengths" => {
+                mooncake_lengths = match args.next().as_deref() {
+                    Some("azure") => false,
+                    Some("mooncake") => true,
+                    other => return Err(format!("--lengths azure|mooncake, not {other:?}").into()),
+                }
+            }
             "--dir" => keep_dir = Some(args.next().ok_or("--dir needs a value")?),
             other => {
-                return Err(format!("unknown argument {other:?} (use --rows N [--dir D])").into())
+                return Err(format!("unknown argument {other:?} (use --rows N [--dir D] [--lengths azure|mooncake] [--sessions] [--variants])").into())
             }
         }
     }
     if variants {
-        return compare_variants(rows);
+        return compare_variants(rows, mooncake_lengths, sessions);
     }
     let tmp = tempfile::tempdir()?;
     let dir = keep_dir
@@ -242,10 +392,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     );
     let mut writer = RowWriter::<RequestRow>::create(opts)?;
-    let mut gen = Gen::new(42)?;
+    let mut gen = Gen::new(42, mooncake_lengths, sessions)?;
     // Rows pending completion, popped in completion order (arrival + e2e).
     let mut in_flight: BinaryHeap<Reverse<(i64, u64)>> = BinaryHeap::new();
-    let mut slots: std::collections::HashMap<u64, RequestRow> = Default::default();
+    let mut slots: HashMap<u64, RequestRow> = Default::default();
     let mut encode = Duration::ZERO;
     let mut encode_cpu = Duration::ZERO;
     let mut produced = 0u64;
@@ -320,6 +470,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let line = serde_json::json!({
         "rows": produced,
+        "sessions": sessions,
+        "lengths": if mooncake_lengths { "mooncake" } else { "azure" },
         "files": files.len(),
         "encode_seconds": (encode.as_secs_f64() * 1000.0).round() / 1000.0,
         "rows_per_s": (produced as f64 / encode.as_secs_f64()).round(),
@@ -335,13 +487,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// `--variants`: encodes the same rows (in memory) with alternative writer settings, to
 /// pick per-column encodings. Prints one JSON line per variant.
-fn compare_variants(rows: u64) -> Result<(), Box<dyn std::error::Error>> {
+fn compare_variants(rows: u64, mooncake_lengths: bool, sessions: bool) -> Result<(), Error> {
     use parquet::basic::{Compression, ZstdLevel};
     use parquet::file::properties::{EnabledStatistics, WriterProperties};
     use parquet::schema::types::ColumnPath;
     use retrace_traces::schema::Row;
 
-    let mut gen = Gen::new(42)?;
+    let mut gen = Gen::new(42, mooncake_lengths, sessions)?;
     let mut all: Vec<RequestRow> = (0..rows).map(|_| gen.row()).collect();
     // Completion order, as the proxy pushes.
     all.sort_by_key(|r| r.arrival_us + r.e2e_us.unwrap_or(0) as i64);
