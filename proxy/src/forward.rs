@@ -16,13 +16,12 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 use retrace_traces::sse::{is_usage_only, EventSplitter};
 use retrace_traces::{Endpoint, Outcome, StreamObserver};
 use tokio::time::Sleep;
 
+use crate::client::{RequestHead, UpstreamBody, UpstreamClient};
 use crate::config::ProxyConfig;
-use crate::connector::UpstreamConnector;
 use crate::record::Recorder;
 use crate::request_info::{self, RequestInfo};
 use crate::row::PendingRow;
@@ -33,7 +32,7 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// State shared by every request.
 pub(crate) struct Shared {
     pub(crate) config: ProxyConfig,
-    pub(crate) client: Client<UpstreamConnector, ForwardBody>,
+    pub(crate) upstream: UpstreamClient,
     pub(crate) recorder: Recorder,
     pub(crate) stats: Arc<Stats>,
     /// Random hex prefix of this process's request ids.
@@ -269,7 +268,7 @@ impl Body for ProxyBody {
 
 /// The upstream's response body on its way to the client.
 pub(crate) struct ResponseBody {
-    inner: Incoming,
+    inner: UpstreamBody,
     recording: Recording,
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
@@ -292,6 +291,9 @@ impl ResponseBody {
             .take()
             .map(|s| Bytes::copy_from_slice(s.remainder()))
             .filter(|r| !r.is_empty());
+        if let Some(conn) = self.inner.take_reusable() {
+            self.recording.shared.upstream.put_back(conn);
+        }
         let ok = self
             .recording
             .status
@@ -556,34 +558,6 @@ fn replayable_body(tee: &Mutex<Tee>) -> Option<Bytes> {
         .then(|| Bytes::copy_from_slice(&tee.buf))
 }
 
-/// Whether an upstream error means the connection closed before any response came: EOF
-/// or a reset while waiting for the response head, not a timeout or a connect failure.
-fn closed_before_response(err: &hyper_util::client::legacy::Error) -> bool {
-    if err.is_connect() {
-        return false;
-    }
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = current {
-        if let Some(hyper_err) = e.downcast_ref::<hyper::Error>() {
-            if hyper_err.is_incomplete_message() || hyper_err.is_canceled() {
-                return true;
-            }
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::ConnectionAborted
-            ) {
-                return true;
-            }
-        }
-        current = e.source();
-    }
-    false
-}
-
 /// Handles one client request. Never fails: upstream trouble becomes a 502/504.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
@@ -707,39 +681,47 @@ pub(crate) async fn handle(
         }
     };
 
-    let retry_head = (
-        parts.method.clone(),
-        parts.uri.clone(),
-        parts.headers.clone(),
-    );
-    let upstream_request = Request::from_parts(parts, forward_body);
+    let head = RequestHead {
+        method: &parts.method,
+        uri: &parts.uri,
+        headers: &parts.headers,
+    };
+    let mut forward_body = forward_body;
     let sent = Instant::now();
     let deadline = tokio::time::Instant::now() + config.first_byte_timeout;
-    let mut result =
-        tokio::time::timeout_at(deadline, shared.client.request(upstream_request)).await;
+    let mut result = tokio::time::timeout_at(
+        deadline,
+        shared.upstream.send(head, &mut forward_body, false),
+    )
+    .await;
     if let Ok(Err(err)) = &result {
         // A keep-alive connection the upstream closed just as we reused it fails before
         // any response: the request was not processed, so it is sent once more on a new
         // connection, when its body can be replayed from memory.
         let body = replay.or_else(|| replayable_body(&tee));
-        if let (true, Some(body)) = (closed_before_response(err), body) {
+        if let (true, Some(body)) = (err.closed_before_response(), body) {
             tracing::debug!(error = %err, "upstream closed a pooled connection: retrying once");
-            let (method, uri, headers) = retry_head;
-            let mut request = Request::new(ForwardBody {
+            let mut retry_body = ForwardBody {
                 prefix: Some(body).filter(|b| !b.is_empty()),
                 pending: None,
                 rest: None,
                 tee: tee.clone(),
                 copy: false,
                 cap: config.max_parse_bytes,
-            });
-            *request.method_mut() = method;
-            *request.uri_mut() = uri;
-            *request.headers_mut() = headers;
-            *request.version_mut() = Version::HTTP_11;
-            result = tokio::time::timeout_at(deadline, shared.client.request(request)).await;
+            };
+            let head = RequestHead {
+                method: &parts.method,
+                uri: &parts.uri,
+                headers: &parts.headers,
+            };
+            result = tokio::time::timeout_at(
+                deadline,
+                shared.upstream.send(head, &mut retry_body, true),
+            )
+            .await;
         }
     }
+    drop(forward_body);
     let upstream_us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
     shared.stats.upstream_latency.observe(upstream_us);
     let response = match result {
@@ -774,7 +756,7 @@ pub(crate) async fn handle(
         }
     };
 
-    let (mut parts, body) = response.into_parts();
+    let (mut parts, body) = response;
     strip_hop_by_hop(&mut parts.headers);
     let is_success = parts.status.is_success();
     let is_sse = parts

@@ -5,6 +5,7 @@
 //! however it ends. `retrace proxy` is [`run`]; tests and the demo use [`spawn`].
 
 pub mod cli;
+mod client;
 pub mod config;
 mod connector;
 mod forward;

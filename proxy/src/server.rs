@@ -13,7 +13,6 @@ use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -23,6 +22,7 @@ use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
+use crate::client::UpstreamClient;
 use crate::config::{AdminListen, ProxyConfig, SinkFactory};
 use crate::connector::UpstreamConnector;
 use crate::forward::{self, Shared};
@@ -115,18 +115,19 @@ pub async fn spawn(config: ProxyConfig) -> Result<ProxyHandle, ProxyError> {
         Recorder::start(factory, config.queue_capacity, stats.clone(), context)?;
 
     let connector = UpstreamConnector::new(client_tls, config.connect_timeout);
-    let client = Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        // Below the 5 s keep-alive of uvicorn (vLLM, SGLang) and cpp-httplib (llama.cpp):
-        // the proxy drops an idle connection before the server does, which avoids most
-        // races with a server closing a connection as it is reused.
-        .pool_idle_timeout(Duration::from_secs(4))
-        .pool_max_idle_per_host(1024)
-        .build(connector);
+    let target = http::Uri::builder()
+        .scheme(config.upstream.scheme.clone())
+        .authority(config.upstream.authority.clone())
+        .path_and_query("/")
+        .build()
+        .map_err(|err| ProxyError::Config(format!("upstream address: {err}")))?;
+    // Idle connections are dropped after 4 s, below the 5 s keep-alive of uvicorn (vLLM,
+    // SGLang) and cpp-httplib (llama.cpp): the proxy drops an idle connection before the
+    // server does, which avoids most races with a server closing one as it is reused.
+    let upstream = UpstreamClient::new(connector, target, Duration::from_secs(4), 1024);
     let shared = Arc::new(Shared {
         config,
-        client,
+        upstream,
         recorder,
         stats: stats.clone(),
         id_prefix: format!("{:012x}", RandomState::new().hash_one(0u8) >> 16),

@@ -35,6 +35,9 @@ pub struct EventSplitter {
     skip_lf: bool,
     /// The stream start has been checked for a byte order mark.
     bom_checked: bool,
+    /// `buf[line_start..scanned]` holds no line end: a long line split over many pushes
+    /// is scanned once, not once per push.
+    scanned: usize,
 }
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -84,11 +87,13 @@ impl EventSplitter {
         }
         let mut event_start = 0usize;
         loop {
-            let rest = &self.buf[self.line_start..];
+            let from = self.line_start.max(self.scanned);
+            let rest = &self.buf[from..];
             let Some(eol) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
+                self.scanned = self.buf.len();
                 break;
             };
-            let line_end = self.line_start + eol;
+            let line_end = from + eol;
             let mut next = line_end + 1;
             if self.buf[line_end] == b'\r' {
                 if next < self.buf.len() {
@@ -120,6 +125,7 @@ impl EventSplitter {
         if event_start > 0 {
             self.buf.drain(..event_start);
             self.line_start -= event_start;
+            self.scanned = self.scanned.saturating_sub(event_start);
         }
     }
 

@@ -1,0 +1,672 @@
+//! The upstream leg: a small HTTP/1.1 client with a connection pool, in the request's
+//! own task. The response body is read straight off the upstream socket by the client's
+//! response body, and everything one read brings is forwarded as one frame: the proxy
+//! makes about one read and one write per side per request, as nginx does, instead of a
+//! channel hop, a task wake-up and a write for every upstream frame (hyper's pooled
+//! client runs each connection in its own task and hands the body over frame by frame).
+
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::{pin, Pin};
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+
+use crate::connector::{UpstreamConnector, UpstreamStream};
+use crate::forward::{BoxError, ForwardBody};
+
+/// Longest response head accepted (status line and headers).
+const MAX_HEAD_BYTES: usize = 64 << 10;
+/// Most response headers accepted (hyper's default).
+const MAX_HEADERS: usize = 100;
+/// Longest chunk-size or trailer line accepted.
+const MAX_LINE_BYTES: usize = 4 << 10;
+/// Request body bytes gathered before they are written (frames already there are sent
+/// together; a large body is still streamed).
+const MAX_GATHER_BYTES: usize = 256 << 10;
+/// Room made in a read buffer before the first read; doubled (up to the max) each time
+/// a read fills it, as hyper does, so a large body takes few reads.
+const READ_CHUNK_BYTES: usize = 16 << 10;
+const MAX_READ_CHUNK_BYTES: usize = 512 << 10;
+
+/// Why an upstream exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    /// No connection could be made (refused, DNS, TLS, connect timeout).
+    #[error("cannot connect to the upstream: {0}")]
+    Connect(#[source] BoxError),
+    /// The connection closed before any byte of a response came.
+    #[error("the upstream closed the connection before responding")]
+    Closed,
+    /// The connection failed.
+    #[error("upstream connection: {0}")]
+    Io(#[from] io::Error),
+    /// The upstream broke HTTP/1.1.
+    #[error("invalid upstream response: {0}")]
+    Invalid(&'static str),
+    /// The client's request body failed while it was being forwarded.
+    #[error("client request body: {0}")]
+    Body(#[source] BoxError),
+}
+
+impl UpstreamError {
+    /// Whether the request can be sent again on a new connection: the upstream closed or
+    /// reset the connection before any response came (a pooled connection it closed just
+    /// as it was reused), not a timeout or a connect failure.
+    pub(crate) fn closed_before_response(&self) -> bool {
+        match self {
+            UpstreamError::Closed => true,
+            UpstreamError::Io(err) => matches!(
+                err.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionAborted
+            ),
+            _ => false,
+        }
+    }
+
+    /// Whether this is a connect failure.
+    pub(crate) fn is_connect(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_))
+    }
+}
+
+/// One upstream connection and the bytes read from it but not used yet.
+pub(crate) struct Conn {
+    io: UpstreamStream,
+    buf: BytesMut,
+    /// Room to make before the next read.
+    read_bytes: usize,
+}
+
+impl Conn {
+    /// An idle pooled connection is usable when reading it would block: no EOF, no reset,
+    /// no stray bytes. (tokio answers from cached readiness, usually without a syscall.)
+    fn is_usable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut probe),
+            Poll::Pending
+        )
+    }
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+/// The pooled HTTP/1.1 client of one upstream.
+pub(crate) struct UpstreamClient {
+    connector: UpstreamConnector,
+    /// `scheme://authority/` of the upstream, for the connector.
+    target: Uri,
+    /// Idle connections, oldest first; the newest is reused first.
+    idle: Mutex<VecDeque<Idle>>,
+    idle_timeout: Duration,
+    max_idle: usize,
+}
+
+/// A request head to send (the URI's path and query go on the request line).
+pub(crate) struct RequestHead<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) uri: &'a Uri,
+    pub(crate) headers: &'a HeaderMap,
+}
+
+impl UpstreamClient {
+    pub(crate) fn new(
+        connector: UpstreamConnector,
+        target: Uri,
+        idle_timeout: Duration,
+        max_idle: usize,
+    ) -> Self {
+        UpstreamClient {
+            connector,
+            target,
+            idle: Mutex::new(VecDeque::new()),
+            idle_timeout,
+            max_idle,
+        }
+    }
+
+    fn checkout(&self) -> Option<Conn> {
+        let mut idle = self.idle.lock().ok()?;
+        let now = Instant::now();
+        while let Some(mut entry) = idle.pop_back() {
+            if now.duration_since(entry.since) < self.idle_timeout && entry.conn.is_usable() {
+                return Some(entry.conn);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose last response ended cleanly to the pool.
+    pub(crate) fn put_back(&self, conn: Conn) {
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        // Reap what went stale (the upstream closes idle connections on its own).
+        while idle
+            .front()
+            .is_some_and(|e| now.duration_since(e.since) >= self.idle_timeout)
+        {
+            idle.pop_front();
+        }
+        if idle.len() < self.max_idle {
+            idle.push_back(Idle { conn, since: now });
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, UpstreamError> {
+        let mut connector = self.connector.clone();
+        let io = tower_service::Service::call(&mut connector, self.target.clone())
+            .await
+            .map_err(UpstreamError::Connect)?;
+        Ok(Conn {
+            io: io.into_inner(),
+            buf: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            read_bytes: READ_CHUNK_BYTES,
+        })
+    }
+
+    /// Sends one request and reads the response head. `fresh`: do not reuse a pooled
+    /// connection. The body is streamed (frames already there go out together).
+    pub(crate) async fn send(
+        &self,
+        head: RequestHead<'_>,
+        body: &mut ForwardBody,
+        fresh: bool,
+    ) -> Result<(http::response::Parts, UpstreamBody), UpstreamError> {
+        let mut conn = match (!fresh).then(|| self.checkout()).flatten() {
+            Some(conn) => conn,
+            None => self.connect().await?,
+        };
+        let sent = write_request(&mut conn, &head, body).await;
+        // A write may fail because the upstream already answered and closed (an early
+        // error response): what it sent is still read.
+        let response = read_head(&mut conn, head.method == Method::HEAD).await;
+        match (sent, response) {
+            (_, Ok((parts, kind, keep_alive))) => {
+                let done = matches!(kind, Kind::Empty | Kind::Length(0));
+                Ok((
+                    parts,
+                    UpstreamBody {
+                        conn: Some(conn),
+                        kind,
+                        keep_alive,
+                        done,
+                    },
+                ))
+            }
+            (Err(err), Err(_)) | (Ok(()), Err(err)) => Err(err),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Identity,
+    Chunked,
+}
+
+fn encode_head(out: &mut BytesMut, head: &RequestHead<'_>, framing: Framing, length: Option<u64>) {
+    let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(head.method.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in head.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match (framing, length) {
+        (Framing::Identity, Some(n)) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        (Framing::Chunked, _) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+enum Next {
+    Frame(Option<Result<Frame<Bytes>, BoxError>>),
+    Flush,
+}
+
+async fn write_request(
+    conn: &mut Conn,
+    head: &RequestHead<'_>,
+    body: &mut ForwardBody,
+) -> Result<(), UpstreamError> {
+    let has_length = head.headers.contains_key(header::CONTENT_LENGTH);
+    let (framing, length) = if body.is_end_stream() {
+        (Framing::None, None)
+    } else if has_length {
+        (Framing::Identity, None)
+    } else if let Some(n) = body.size_hint().exact() {
+        (Framing::Identity, Some(n))
+    } else {
+        (Framing::Chunked, None)
+    };
+    let mut out = BytesMut::with_capacity(1024);
+    encode_head(&mut out, head, framing, length);
+    let mut ended = framing == Framing::None;
+    while !ended {
+        // Take every frame already there; write when the body has nothing more right now.
+        let next = poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(Next::Frame(frame)),
+            Poll::Pending if !out.is_empty() => Poll::Ready(Next::Flush),
+            Poll::Pending => Poll::Pending,
+        })
+        .await;
+        match next {
+            Next::Flush => {
+                conn.io.write_all(&out).await?;
+                out.clear();
+            }
+            Next::Frame(None) => ended = true,
+            Next::Frame(Some(Err(err))) => return Err(UpstreamError::Body(err)),
+            Next::Frame(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    if !data.is_empty() {
+                        if framing == Framing::Chunked {
+                            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                            out.extend_from_slice(&data);
+                            out.extend_from_slice(b"\r\n");
+                        } else {
+                            out.extend_from_slice(&data);
+                        }
+                    }
+                }
+                ended = body.is_end_stream();
+                if out.len() >= MAX_GATHER_BYTES {
+                    conn.io.write_all(&out).await?;
+                    out.clear();
+                }
+            }
+        }
+    }
+    if framing == Framing::Chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    if !out.is_empty() {
+        conn.io.write_all(&out).await?;
+    }
+    conn.io.flush().await?;
+    Ok(())
+}
+
+/// Reads more into the connection's buffer; returns the bytes read (0 at EOF).
+fn poll_read_more(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    if conn.buf.capacity() - conn.buf.len() < conn.read_bytes / 4 {
+        conn.buf.reserve(conn.read_bytes);
+    }
+    let room = conn.buf.capacity() - conn.buf.len();
+    let read = pin!(conn.io.read_buf(&mut conn.buf));
+    let n = std::task::ready!(read.poll(cx))?;
+    if n >= room {
+        conn.read_bytes = (conn.read_bytes * 2).min(MAX_READ_CHUNK_BYTES);
+    }
+    Poll::Ready(Ok(n))
+}
+
+/// How the response body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Empty,
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the upstream closes the connection.
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+async fn read_head(
+    conn: &mut Conn,
+    head_request: bool,
+) -> Result<(http::response::Parts, Kind, bool), UpstreamError> {
+    let mut received = !conn.buf.is_empty();
+    loop {
+        if !conn.buf.is_empty() {
+            if let Some(parsed) = parse_head(conn, head_request)? {
+                return Ok(parsed);
+            }
+            if conn.buf.len() > MAX_HEAD_BYTES {
+                return Err(UpstreamError::Invalid("response head too large"));
+            }
+        }
+        let n = poll_fn(|cx| poll_read_more(conn, cx)).await?;
+        if n == 0 {
+            return Err(if received {
+                UpstreamError::Invalid("connection closed in the response head")
+            } else {
+                UpstreamError::Closed
+            });
+        }
+        received = true;
+    }
+}
+
+/// Parses a complete head at the start of the buffer (skipping 1xx interim responses).
+fn parse_head(
+    conn: &mut Conn,
+    head_request: bool,
+) -> Result<Option<(http::response::Parts, Kind, bool)>, UpstreamError> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut headers);
+        let len = match response.parse(&conn.buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(UpstreamError::Invalid("too many headers"))
+            }
+            Err(_) => return Err(UpstreamError::Invalid("malformed response head")),
+        };
+        let code = response.code.unwrap_or(0);
+        let status = StatusCode::from_u16(code)
+            .map_err(|_| UpstreamError::Invalid("invalid status code"))?;
+        let version = if response.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        let mut map = HeaderMap::with_capacity(response.headers.len());
+        for h in response.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| UpstreamError::Invalid("invalid header name"))?;
+            let value = HeaderValue::from_bytes(h.value)
+                .map_err(|_| UpstreamError::Invalid("invalid header value"))?;
+            map.append(name, value);
+        }
+        conn.buf.advance(len);
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            continue; // 100 Continue and the like: the real response follows
+        }
+        let kind = body_kind(&map, status, head_request)?;
+        let closes = map
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("close"));
+        let keep_alive = version == Version::HTTP_11 && !closes && kind != Kind::Close;
+        let mut parts = http::Response::new(()).into_parts().0;
+        parts.status = status;
+        parts.version = version;
+        parts.headers = map;
+        return Ok(Some((parts, kind, keep_alive)));
+    }
+}
+
+fn body_kind(
+    headers: &HeaderMap,
+    status: StatusCode,
+    head_request: bool,
+) -> Result<Kind, UpstreamError> {
+    if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Kind::Empty);
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let chunked_last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
+        return Ok(if chunked_last {
+            Kind::Chunked(Chunk::Size)
+        } else {
+            Kind::Close
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let n: u64 = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or(UpstreamError::Invalid("invalid content-length"))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(UpstreamError::Invalid("conflicting content-length"));
+        }
+        length = Some(n);
+    }
+    Ok(length.map_or(Kind::Close, Kind::Length))
+}
+
+/// The upstream's response body, read from its connection by whoever polls it.
+pub(crate) struct UpstreamBody {
+    conn: Option<Conn>,
+    kind: Kind,
+    keep_alive: bool,
+    done: bool,
+}
+
+impl UpstreamBody {
+    /// The connection, once the body ended cleanly and it can carry another request.
+    pub(crate) fn take_reusable(&mut self) -> Option<Conn> {
+        if self.done && self.keep_alive {
+            self.conn.take().filter(|c| c.buf.is_empty())
+        } else {
+            None
+        }
+    }
+
+    /// Takes every body byte decodable from the buffer, as one piece.
+    fn decode(&mut self) -> Result<Option<Bytes>, UpstreamError> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(None);
+        };
+        let buf = &mut conn.buf;
+        match &mut self.kind {
+            Kind::Empty => {
+                self.done = true;
+                Ok(None)
+            }
+            Kind::Length(left) => {
+                let n = (*left).min(buf.len() as u64) as usize;
+                *left -= n as u64;
+                if *left == 0 {
+                    self.done = true;
+                }
+                Ok((n > 0).then(|| buf.split_to(n).freeze()))
+            }
+            Kind::Close => Ok((!buf.is_empty()).then(|| buf.split().freeze())),
+            Kind::Chunked(state) => {
+                let mut first: Option<Bytes> = None;
+                let mut joined: Option<BytesMut> = None;
+                loop {
+                    match state {
+                        Chunk::Size => {
+                            let Some(line) = take_line(buf)? else { break };
+                            let digits = line
+                                .iter()
+                                .position(|b| !b.is_ascii_hexdigit())
+                                .unwrap_or(line.len());
+                            let rest = &line[digits..];
+                            if digits == 0
+                                || digits > 15
+                                || !(rest.is_empty()
+                                    || rest[0] == b';'
+                                    || rest[0] == b' '
+                                    || rest[0] == b'\t')
+                            {
+                                return Err(UpstreamError::Invalid("invalid chunk size"));
+                            }
+                            let size = std::str::from_utf8(&line[..digits])
+                                .ok()
+                                .and_then(|s| u64::from_str_radix(s, 16).ok())
+                                .ok_or(UpstreamError::Invalid("invalid chunk size"))?;
+                            *state = if size == 0 {
+                                Chunk::Trailers
+                            } else {
+                                Chunk::Data(size)
+                            };
+                        }
+                        Chunk::Data(left) => {
+                            if buf.is_empty() {
+                                break;
+                            }
+                            let n = (*left).min(buf.len() as u64) as usize;
+                            let piece = buf.split_to(n).freeze();
+                            *left -= n as u64;
+                            if *left == 0 {
+                                *state = Chunk::DataEnd;
+                            }
+                            match (&mut first, &mut joined) {
+                                (None, _) => first = Some(piece),
+                                (Some(f), None) => {
+                                    let mut j =
+                                        BytesMut::with_capacity(f.len() + piece.len() + 1024);
+                                    j.extend_from_slice(f);
+                                    j.extend_from_slice(&piece);
+                                    joined = Some(j);
+                                }
+                                (Some(_), Some(j)) => j.extend_from_slice(&piece),
+                            }
+                        }
+                        Chunk::DataEnd => match buf.first() {
+                            None => break,
+                            Some(b'\n') => {
+                                buf.advance(1);
+                                *state = Chunk::Size;
+                            }
+                            Some(b'\r') => match buf.get(1) {
+                                None => break,
+                                Some(b'\n') => {
+                                    buf.advance(2);
+                                    *state = Chunk::Size;
+                                }
+                                Some(_) => {
+                                    return Err(UpstreamError::Invalid("chunk without CRLF"))
+                                }
+                            },
+                            Some(_) => return Err(UpstreamError::Invalid("chunk without CRLF")),
+                        },
+                        Chunk::Trailers => {
+                            // Trailers are read and dropped (not forwarded to HTTP/1 clients).
+                            let Some(line) = take_line(buf)? else { break };
+                            if line.is_empty() {
+                                self.done = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+                Ok(joined.map(BytesMut::freeze).or(first))
+            }
+        }
+    }
+}
+
+/// Takes one line (without its CRLF or LF) off the buffer, if a whole one is there.
+fn take_line(buf: &mut BytesMut) -> Result<Option<Bytes>, UpstreamError> {
+    let scan = buf.len().min(MAX_LINE_BYTES + 2);
+    let Some(lf) = buf[..scan].iter().position(|&b| b == b'\n') else {
+        if buf.len() > MAX_LINE_BYTES {
+            return Err(UpstreamError::Invalid("chunk line too long"));
+        }
+        return Ok(None);
+    };
+    let mut line = buf.split_to(lf + 1);
+    line.truncate(lf);
+    if line.last() == Some(&b'\r') {
+        line.truncate(lf - 1);
+    }
+    Ok(Some(line.freeze()))
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = UpstreamError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match this.decode() {
+                Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(None) if this.done => return Poll::Ready(None),
+                Ok(None) => {}
+                Err(err) => {
+                    this.conn = None;
+                    this.done = true;
+                    return Poll::Ready(Some(Err(err)));
+                }
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match poll_read_more(conn, cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    this.conn = None;
+                    this.done = true;
+                    if this.kind == Kind::Close {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Err(UpstreamError::Invalid(
+                        "connection closed before the end of the body",
+                    ))));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(err)) => {
+                    this.conn = None;
+                    this.done = true;
+                    return Poll::Ready(Some(Err(UpstreamError::Io(err))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.kind {
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Length(left) => SizeHint::with_exact(left),
+            _ => SizeHint::default(),
+        }
+    }
+}
