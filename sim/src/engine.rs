@@ -6,6 +6,7 @@
 //! [`Scheduler::complete`] applies the step at the simulated time it ended.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -67,16 +68,61 @@ pub(crate) struct NewRequest {
     /// Output length at which the simulated EOS fires, if any.
     pub(crate) eos_at: Option<u32>,
     pub(crate) tx: mpsc::UnboundedSender<SeqEvent>,
+    /// Set by the response stream when it hands the first token's bytes to the connection
+    /// (streaming requests only).
+    pub(crate) sent: Option<Arc<SentStamp>>,
+}
+
+/// When a streamed response handed its first token's bytes to the connection for writing,
+/// in simulated UTC µs: set by the response body, read when the truth row is written.
+#[derive(Debug)]
+pub(crate) struct SentStamp(AtomicI64);
+
+/// [`SentStamp`] before the stream has sent a token.
+const SENT_PENDING: i64 = i64::MIN;
+/// [`SentStamp`] of a stream that ended without sending a token.
+const SENT_NEVER: i64 = i64::MIN + 1;
+
+impl SentStamp {
+    pub(crate) fn new() -> SentStamp {
+        SentStamp(AtomicI64::new(SENT_PENDING))
+    }
+
+    /// Records the first token's hand-off (later calls keep the first).
+    pub(crate) fn sent(&self, at_us: i64) {
+        let _ = self
+            .0
+            .compare_exchange(SENT_PENDING, at_us, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The stream is gone: a token never sent stays unsent.
+    pub(crate) fn closed(&self) {
+        self.sent(SENT_NEVER);
+    }
+
+    /// `None` while pending; `Some(None)` when no token was sent; `Some(Some(t))` when it
+    /// was, at `t`.
+    pub(crate) fn get(&self) -> Option<Option<i64>> {
+        match self.0.load(Ordering::Acquire) {
+            SENT_PENDING => None,
+            SENT_NEVER => Some(None),
+            t => Some(Some(t)),
+        }
+    }
 }
 
 /// One finished request, as the truth file records it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub(crate) struct TruthRow {
     pub(crate) request_id: String,
     pub(crate) endpoint: &'static str,
     pub(crate) arrival_us: i64,
     pub(crate) admitted_us: Option<i64>,
+    /// When the engine emitted the first token (the end of the step that made it).
     pub(crate) first_token_us: Option<i64>,
+    /// For a streamed response, when its first token's bytes were handed to the connection;
+    /// the truth file's `first_token_us` is this once the stream has set it.
+    pub(crate) sent: Option<Arc<SentStamp>>,
     pub(crate) finish_us: i64,
     pub(crate) prompt_tokens: u32,
     pub(crate) output_tokens: u32,
@@ -450,6 +496,7 @@ impl Scheduler {
             arrival_us: seq.req.arrival_us,
             admitted_us: seq.admitted_us,
             first_token_us: seq.first_token_us,
+            sent: seq.req.sent.take(),
             finish_us: now_us,
             prompt_tokens: seq.req.prompt_tokens,
             output_tokens: seq.generated,
@@ -607,6 +654,7 @@ mod tests {
                 max_tokens,
                 eos_at: None,
                 tx,
+                sent: None,
             },
             rx,
         )

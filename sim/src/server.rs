@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use crate::clock::SimClock;
 use crate::config::SimConfig;
-use crate::engine::{Finish, FinishReason, NewRequest, Scheduler, SeqEvent, TruthRow};
+use crate::engine::{Finish, FinishReason, NewRequest, Scheduler, SentStamp, SeqEvent, TruthRow};
 use crate::leak::Leak;
 use crate::metrics::MetricsState;
 use crate::truth::TruthWriter;
@@ -444,6 +444,12 @@ impl http_body::Body for SimBody {
 
 struct SseStream {
     rx: mpsc::UnboundedReceiver<SeqEvent>,
+    clock: SimClock,
+    /// Stamped when the first token's frame is handed to hyper, which encodes it and
+    /// flushes it to the socket in the same poll of the connection: the truth's first
+    /// token is when the bytes go to the wire, not when the engine decided them (with
+    /// many streams, one core writes their frames one after another).
+    sent: Arc<SentStamp>,
     chat: bool,
     /// `data: {"id":"…","object":"…","created":…,"model":…,"choices":[` — shared prefix.
     prefix: String,
@@ -540,8 +546,17 @@ impl SseStream {
         if out.is_empty() {
             Poll::Pending
         } else {
+            if self.index > 0 {
+                self.sent.sent(self.clock.now_us());
+            }
             Poll::Ready(Some(Ok(Frame::data(out.freeze()))))
         }
+    }
+}
+
+impl Drop for SseStream {
+    fn drop(&mut self) {
+        self.sent.closed();
     }
 }
 
@@ -885,6 +900,7 @@ async fn generate(
             arrival_us,
             admitted_us: None,
             first_token_us: None,
+            sent: None,
             finish_us: shared.clock.now_us(),
             prompt_tokens: ids.len() as u32,
             output_tokens: 0,
@@ -924,6 +940,7 @@ async fn generate(
     drop(ids);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let word_seed = rng::mix(shape ^ 0x3030);
+    let sent = stream.then(|| Arc::new(SentStamp::new()));
     if shared
         .engine
         .send(EngineMsg::Submit(NewRequest {
@@ -935,6 +952,7 @@ async fn generate(
             max_tokens,
             eos_at,
             tx,
+            sent: sent.clone(),
         }))
         .is_err()
     {
@@ -966,6 +984,8 @@ async fn generate(
         );
         let body = SseStream {
             rx,
+            clock: shared.clock,
+            sent: sent.unwrap_or_else(|| Arc::new(SentStamp::new())),
             chat,
             prefix,
             include_usage,
@@ -1102,6 +1122,7 @@ mod tests {
                     max_tokens: 20,
                     eos_at: None,
                     tx,
+                    sent: None,
                 }))
                 .expect("engine alive");
             receivers.push(rx);

@@ -24,6 +24,7 @@ pub(crate) fn schema() -> SchemaRef {
         f("arrival_us", DataType::Int64, false),
         f("admitted_us", DataType::Int64, true),
         f("first_token_us", DataType::Int64, true),
+        f("engine_first_token_us", DataType::Int64, true),
         f("finish_us", DataType::Int64, false),
         f("prompt_tokens", DataType::UInt32, false),
         f("output_tokens", DataType::UInt32, false),
@@ -43,6 +44,10 @@ pub(crate) struct TruthWriter {
     tmp: PathBuf,
     writer: ArrowWriter<File>,
     buffer: Vec<TruthRow>,
+    /// Finished streamed requests whose first token the connection has not been handed
+    /// yet (a one-token answer finishes in the step that makes the token): written once
+    /// their response stream stamps it or ends.
+    pending: Vec<TruthRow>,
     rows: u64,
 }
 
@@ -73,13 +78,26 @@ impl TruthWriter {
             tmp,
             writer,
             buffer: Vec::new(),
+            pending: Vec::new(),
             rows: 0,
         })
     }
 
     pub(crate) fn push(&mut self, rows: Vec<TruthRow>) -> Result<(), SimError> {
-        self.buffer.extend(rows);
-        if self.buffer.len() >= BATCH_ROWS {
+        for row in rows {
+            if row.sent.as_ref().is_some_and(|s| s.get().is_none()) {
+                self.pending.push(row);
+            } else {
+                self.buffer.push(row);
+            }
+        }
+        if self.buffer.len() + self.pending.len() >= BATCH_ROWS {
+            // Rows whose stream has since stamped (or dropped) move to the batch.
+            let (ready, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+                .into_iter()
+                .partition(|r| r.sent.as_ref().is_none_or(|s| s.get().is_some()));
+            self.buffer.extend(ready);
+            self.pending = still;
             self.flush()?;
         }
         Ok(())
@@ -103,6 +121,8 @@ impl TruthWriter {
 
     /// Writes what is left, closes the file and renames it into place. Returns the rows.
     pub(crate) fn finish(mut self) -> Result<u64, SimError> {
+        // A stream still pending at shutdown never handed its token over: written as such.
+        self.buffer.append(&mut self.pending);
         self.flush()?;
         self.writer.close().map_err(|source| SimError::Truth {
             path: self.tmp.clone(),
@@ -123,6 +143,7 @@ fn to_batch(rows: &[TruthRow]) -> Result<RecordBatch, arrow_schema::ArrowError> 
     let mut arrival = Int64Builder::with_capacity(n);
     let mut admitted = Int64Builder::with_capacity(n);
     let mut first = Int64Builder::with_capacity(n);
+    let mut engine_first = Int64Builder::with_capacity(n);
     let mut finish = Int64Builder::with_capacity(n);
     let mut prompt = UInt32Builder::with_capacity(n);
     let mut output = UInt32Builder::with_capacity(n);
@@ -138,7 +159,13 @@ fn to_batch(rows: &[TruthRow]) -> Result<RecordBatch, arrow_schema::ArrowError> 
         endpoint.append_value(r.endpoint);
         arrival.append_value(r.arrival_us);
         admitted.append_option(r.admitted_us);
-        first.append_option(r.first_token_us);
+        // Streamed: when the first token's bytes went to the connection (none if they never
+        // did). Otherwise the engine's time: a whole body has no first-token moment on the wire.
+        first.append_option(match &r.sent {
+            Some(sent) => sent.get().flatten(),
+            None => r.first_token_us,
+        });
+        engine_first.append_option(r.first_token_us);
         finish.append_value(r.finish_us);
         prompt.append_value(r.prompt_tokens);
         output.append_value(r.output_tokens);
@@ -156,6 +183,7 @@ fn to_batch(rows: &[TruthRow]) -> Result<RecordBatch, arrow_schema::ArrowError> 
         Arc::new(arrival.finish()),
         Arc::new(admitted.finish()),
         Arc::new(first.finish()),
+        Arc::new(engine_first.finish()),
         Arc::new(finish.finish()),
         Arc::new(prompt.finish()),
         Arc::new(output.finish()),
