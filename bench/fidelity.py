@@ -33,12 +33,15 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-def truth(dir_):
+def truth(dir_, full=False):
     t = pq.read_table(os.path.join(dir_, "truth.parquet")).to_pydict()
+    # engine_first_token_us: when the sim's engine emitted the token (first_token_us is when
+    # its bytes went to the connection); absent in truth files of older sims.
+    engine = t.get("engine_first_token_us") or t["first_token_us"]
     rows = {}
-    for rid, arr, first in zip(t["request_id"], t["arrival_us"], t["first_token_us"]):
+    for rid, arr, first, eng in zip(t["request_id"], t["arrival_us"], t["first_token_us"], engine):
         if first is not None:
-            rows[rid] = (arr, first - arr)
+            rows[rid] = (arr, first - arr, first, eng) if full else (arr, first - arr)
     return rows
 
 
@@ -54,24 +57,36 @@ def summary(errors, lateness, requests, joined, extra=None):
 
 
 def retrace(dir_):
-    tr = truth(dir_)
+    tr = truth(dir_, full=True)
     files = sorted(glob.glob(os.path.join(dir_, "out", "results-*.parquet")))
     if not files:
         raise SystemExit(f"no results-*.parquet in {dir_}/out")
-    ids, ttft, late = [], [], []
+    ids, ttft, late, sent = [], [], [], []
     for f in files:
-        t = pq.read_table(f, columns=["request_id", "ttft_us", "lateness_us"]).to_pydict()
-        ids += t["request_id"]; ttft += t["ttft_us"]; late += t["lateness_us"]
+        t = pq.read_table(f, columns=["request_id", "ttft_us", "lateness_us", "actual_send_us"]).to_pydict()
+        ids += t["request_id"]; ttft += t["ttft_us"]; late += t["lateness_us"]; sent += t["actual_send_us"]
     seen = {}
     for rid in ids:
         seen[rid] = seen.get(rid, 0) + 1
-    errors = []
-    for rid, m in zip(ids, ttft):
+    errors, up, down, engine_wire = [], [], [], []
+    for rid, m, s in zip(ids, ttft, sent):
         if m is None or seen[rid] != 1 or rid not in tr:
             continue
-        errors.append(m - tr[rid][1])
+        arrival, true_ttft, first, eng = tr[rid]
+        errors.append(m - true_ttft)
+        # Where the error lies, on the shared wall clock (client and sim on one machine):
+        # send -> the sim's arrival stamp, and the sim's first-token hand-off -> the client's
+        # read of it; plus, inside the sim, engine emit -> hand-off (not part of the error).
+        up.append(arrival - s)
+        down.append(s + m - first)
+        engine_wire.append(first - eng)
     lateness = [x for x in late if x is not None]
-    return summary(errors, lateness, len(ids), len(errors))
+    extra = {
+        "send_to_arrival_p50_us": pct(up, 50), "send_to_arrival_p99_us": pct(up, 99),
+        "sent_to_read_p50_us": pct(down, 50), "sent_to_read_p99_us": pct(down, 99),
+        "engine_to_sent_p50_us": pct(engine_wire, 50), "engine_to_sent_p99_us": pct(engine_wire, 99),
+    }
+    return summary(errors, lateness, len(ids), len(errors), extra)
 
 
 def guidellm(dir_):

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,24 +15,132 @@ use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The pooled client replay sends with.
 pub(crate) type HttpClient = Client<Connector, Full<Bytes>>;
 
-/// A plain or TLS connection.
+/// A plain or TLS connection over a time-stamped TCP stream.
 pub(crate) enum Conn {
-    Plain(TokioIo<TcpStream>),
-    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
+    Plain(TokioIo<Stamped<TcpStream>>),
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<Stamped<TcpStream>>>>),
+}
+
+/// When a connection last wrote a request and read response bytes, taken at the socket
+/// (below TLS) as the syscalls happen, so a request's send and its response's bytes are
+/// not timed late when the request's task runs after others on a busy runtime. Handed to
+/// every response of the connection as an extension (hyper-util's `Connected::extra`).
+#[derive(Clone, Default)]
+pub(crate) struct WireStamps(Arc<Mutex<Stamps>>);
+
+#[derive(Default)]
+struct Stamps {
+    /// The first write since the connection last read: the current request's head.
+    request_written: Option<Instant>,
+    /// Whether the connection has written since it last read.
+    writing: bool,
+    /// The first read that returned bytes since [`WireStamps::take_read`].
+    read: Option<Instant>,
+}
+
+impl WireStamps {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Stamps> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wrote(&self) {
+        let mut s = self.lock();
+        if !s.writing {
+            s.writing = true;
+            s.request_written = Some(Instant::now());
+        }
+    }
+
+    fn read_bytes(&self) {
+        let now = Instant::now();
+        let mut s = self.lock();
+        s.writing = false;
+        if s.read.is_none() {
+            s.read = Some(now);
+        }
+    }
+
+    /// When the request now in flight on this connection began to be written. Valid while
+    /// its response is read (HTTP/1.1 has one request in flight per connection, and the
+    /// server answers after the whole request).
+    pub(crate) fn request_written(&self) -> Option<Instant> {
+        self.lock().request_written
+    }
+
+    /// When the connection first read bytes not yet accounted for by an earlier call, or
+    /// `None` when it has not read since (the bytes came with an earlier read).
+    pub(crate) fn take_read(&self) -> Option<Instant> {
+        self.lock().read.take()
+    }
+}
+
+/// A tokio stream that stamps its reads and writes into [`WireStamps`].
+pub(crate) struct Stamped<T> {
+    inner: T,
+    stamps: WireStamps,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Stamped<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.stamps.read_bytes();
+        }
+        poll
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Stamped<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        // Stamped as the write starts: from then on the request is on the wire.
+        this.stamps.wrote();
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.stamps.wrote();
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 impl Connection for Conn {
     fn connected(&self) -> Connected {
-        match self {
-            Conn::Plain(s) => s.connected(),
-            Conn::Tls(_) => Connected::new(),
-        }
+        let stamped = match self {
+            Conn::Plain(s) => s.inner(),
+            Conn::Tls(s) => s.inner().get_ref().0,
+        };
+        stamped.inner.connected().extra(stamped.stamps.clone())
     }
 }
 
@@ -58,6 +166,22 @@ impl hyper::rt::Write for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(s) => s.is_write_vectored(),
+            Conn::Tls(s) => s.is_write_vectored(),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -100,12 +224,15 @@ impl tower_service::Service<Uri> for Connector {
         let connecting = tower_service::Service::<Uri>::call(&mut self.http, uri);
         let tls = self.tls.clone();
         Box::pin(async move {
-            let tcp = connecting.await?;
+            let tcp = Stamped {
+                inner: connecting.await?.into_inner(),
+                stamps: WireStamps::default(),
+            };
             if !https {
-                return Ok(Conn::Plain(tcp));
+                return Ok(Conn::Plain(TokioIo::new(tcp)));
             }
             let name = rustls_pki_types::ServerName::try_from(host)?;
-            let stream = tls.connect(name, tcp.into_inner()).await?;
+            let stream = tls.connect(name, tcp).await?;
             Ok(Conn::Tls(Box::new(TokioIo::new(stream))))
         })
     }

@@ -899,6 +899,9 @@ struct Measured {
     status: Option<u16>,
     obs: Option<Observation>,
     error: Option<(ErrorKind, String)>,
+    /// When the request's head began to be written to the connection (absent when the
+    /// request never got that far, or the connection kept no stamps).
+    written: Option<Instant>,
 }
 
 fn body_for(shared: &Shared, p: &Planned, row: &TraceRequest, endpoint: &Endpoint) -> Value {
@@ -973,33 +976,42 @@ async fn send_prepared(
     let live = &shared.live;
     let Prepared { endpoint, request } = prepared;
     let k = shared.config.clock_speedup;
-    let actual = Instant::now();
-    let offset = move |at: Instant| {
-        (at.saturating_duration_since(actual).as_secs_f64() * 1e6 * k).round() as u64
-    };
+    // Handed to the client now; the send is when its head is written (the connection's
+    // stamp), after the pool checkout or a connect.
+    let dispatched = Instant::now();
     let mut cancel = shared.cancel.clone();
     let measured = match request {
         Err(message) => Measured {
             status: None,
             obs: None,
             error: Some((ErrorKind::Other, message)),
+            written: None,
         },
         Ok(request) => {
-            let work = exchange(&shared.requester.client, request, endpoint.clone(), offset);
+            let work = exchange(
+                &shared.requester.client,
+                request,
+                endpoint.clone(),
+                dispatched,
+                k,
+            );
             tokio::select! {
                 m = tokio::time::timeout(shared.config.request_timeout, work) => m.unwrap_or_else(|_| Measured {
                     status: None,
                     obs: None,
                     error: Some((ErrorKind::Timeout, format!("no complete response within {:?}", shared.config.request_timeout))),
+                    written: None,
                 }),
                 _ = cancel.wait_for(|c| *c) => Measured {
                     status: None,
                     obs: None,
                     error: Some((ErrorKind::Cancelled, "run stopped while in flight".into())),
+                    written: None,
                 },
             }
         }
     };
+    let actual = measured.written.unwrap_or(dispatched);
     let intended_send_us = shared.start_us + shared.target_offset_us(intended);
     let actual_send_us = shared.start_us + shared.target_offset_us(actual);
     let lateness_us = actual_send_us - intended_send_us;
@@ -1084,11 +1096,16 @@ async fn send_prepared(
     }
 }
 
+/// Sends `request` and observes its response. Times are the connection's socket stamps
+/// ([`client::WireStamps`]): the send is when the head began to be written, and each body
+/// frame is timed by the read that brought its first bytes, so the work this task does and
+/// the time it waits to be scheduled behind other streams' tasks are not counted.
 async fn exchange(
     client: &HttpClient,
     request: Request<Full<Bytes>>,
     endpoint: Endpoint,
-    offset: impl Fn(Instant) -> u64,
+    dispatched: Instant,
+    speedup: f64,
 ) -> Measured {
     let response = match client.request(request).await {
         Ok(r) => r,
@@ -1102,8 +1119,31 @@ async fn exchange(
                 status: None,
                 obs: None,
                 error: Some((kind, client::describe(&e))),
+                written: None,
             };
         }
+    };
+    let stamps = response.extensions().get::<client::WireStamps>().cloned();
+    let written = stamps
+        .as_ref()
+        .and_then(client::WireStamps::request_written)
+        .filter(|w| *w >= dispatched);
+    let sent = written.unwrap_or(dispatched);
+    let offset = move |at: Instant| {
+        (at.saturating_duration_since(sent).as_secs_f64() * 1e6 * speedup).round() as u64
+    };
+    // The read that brought the response head; a frame whose bytes came with an earlier
+    // read (the head's, or the previous frame's) is timed by that read.
+    let mut last_read = stamps
+        .as_ref()
+        .and_then(client::WireStamps::take_read)
+        .unwrap_or_else(Instant::now);
+    let mut read_at = move || {
+        let now = Instant::now();
+        if let Some(at) = stamps.as_ref().and_then(client::WireStamps::take_read) {
+            last_read = at.min(now);
+        }
+        last_read
     };
     let status = response.status();
     let mut body = response.into_body();
@@ -1127,6 +1167,7 @@ async fn exchange(
                 ErrorKind::HttpStatus,
                 format!("HTTP {}: {message}", status.as_u16()),
             )),
+            written,
         };
     }
     let mut observer = StreamObserver::new(endpoint);
@@ -1135,7 +1176,7 @@ async fn exchange(
         match frame {
             Ok(frame) => {
                 if let Ok(data) = frame.into_data() {
-                    observer.feed(&data, offset(Instant::now()));
+                    observer.feed(&data, offset(read_at()));
                 }
             }
             Err(e) => {
@@ -1144,7 +1185,7 @@ async fn exchange(
             }
         }
     }
-    let obs = observer.finish(offset(Instant::now()));
+    let obs = observer.finish(offset(read_at()));
     let error = match (broken, obs.complete) {
         (Some(message), _) => Some((ErrorKind::BrokenStream, message)),
         (None, false) => Some((
@@ -1159,6 +1200,7 @@ async fn exchange(
         status: Some(status.as_u16()),
         obs: Some(obs),
         error,
+        written,
     }
 }
 
