@@ -518,67 +518,102 @@ fn compare_variants(rows: u64, mooncake_lengths: bool, sessions: bool) -> Result
             b.set_column_dictionary_enabled(ColumnPath::from(*c), false)
         })
     };
-    let variants: Vec<Variant> = vec![
-        ("current", Box::new(current)),
-        (
-            "current_no_stats",
-            Box::new(move || {
-                let mut b = current()
-                    .into_builder()
-                    .set_statistics_enabled(EnabledStatistics::None);
-                for f in RequestRow::schema().fields() {
-                    b = b.set_column_statistics_enabled(
-                        ColumnPath::from(f.name().as_str()),
-                        EnabledStatistics::None,
-                    );
-                }
-                b = b.set_column_statistics_enabled(
-                    ColumnPath::from("prefix_hashes.list.item"),
-                    EnabledStatistics::None,
-                );
-                b.build()
-            }),
-        ),
-        (
-            "current_uncompressed",
-            Box::new(move || {
-                current()
-                    .into_builder()
-                    .set_compression(Compression::UNCOMPRESSED)
-                    .build()
-            }),
-        ),
-        (
-            "current_session_plain",
-            Box::new(move || off(current().into_builder(), &["session_id"]).build()),
-        ),
-        (
-            "current_strings_plain",
-            Box::new(move || off(current().into_builder(), &strings).build()),
-        ),
-        (
-            "current_hashes_plain",
-            Box::new(move || off(current().into_builder(), &["prefix_hashes.list.item"]).build()),
-        ),
-        (
-            "current_v2_pages",
-            Box::new(move || {
-                current()
-                    .into_builder()
-                    .set_writer_version(parquet::file::properties::WriterVersion::PARQUET_2_0)
-                    .build()
-            }),
-        ),
-        (
-            "current_zstd3",
-            Box::new(move || {
-                current()
-                    .into_builder()
-                    .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
-                    .build()
-            }),
-        ),
+    use parquet::basic::Encoding;
+    use parquet::file::properties::WriterPropertiesBuilder;
+    type Tweak = fn(WriterPropertiesBuilder) -> WriterPropertiesBuilder;
+    fn each(
+        b: WriterPropertiesBuilder,
+        cols: &[&str],
+        f: impl Fn(WriterPropertiesBuilder, ColumnPath) -> WriterPropertiesBuilder,
+    ) -> WriterPropertiesBuilder {
+        cols.iter().fold(b, |b, c| f(b, ColumnPath::from(*c)))
+    }
+    const LAT: &[&str] = &[
+        "ttfb_us",
+        "ttft_us",
+        "e2e_us",
+        "itl_mean_us",
+        "itl_p50_us",
+        "itl_p99_us",
+        "itl_max_us",
+        "request_bytes",
+        "response_bytes",
     ];
+    const TOK: &[&str] = &[
+        "prompt_tokens",
+        "output_tokens",
+        "chunk_count",
+        "itl_count",
+        "max_tokens",
+        "message_count",
+        "status",
+    ];
+    let _ = &strings;
+    let _ = &off;
+    let tweaks: Vec<(&'static str, Tweak)> = vec![
+        ("current", |b| b),
+        ("no_stats", |b| {
+            b.set_statistics_enabled(EnabledStatistics::None)
+                .set_column_statistics_enabled(
+                    ColumnPath::from("arrival_us"),
+                    EnabledStatistics::None,
+                )
+        }),
+        ("hashes_dict", |b| {
+            b.set_column_dictionary_enabled(ColumnPath::from("prefix_hashes.list.item"), true)
+        }),
+        ("hashes_dict_bigdict", |b| {
+            b.set_column_dictionary_enabled(ColumnPath::from("prefix_hashes.list.item"), true)
+                .set_dictionary_page_size_limit(8 << 20)
+        }),
+        ("zstd3", |b| {
+            b.set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
+        }),
+        ("zstd6", |b| {
+            b.set_compression(Compression::ZSTD(ZstdLevel::try_new(6).unwrap_or_default()))
+        }),
+        ("pages_8mb", |b| {
+            b.set_data_page_size_limit(8 << 20)
+                .set_data_page_row_count_limit(1 << 20)
+        }),
+        ("lat_delta", |b| {
+            each(b, LAT, |b, c| {
+                b.set_column_encoding(c, Encoding::DELTA_BINARY_PACKED)
+            })
+        }),
+        ("lat_plain", |b| {
+            each(b, LAT, |b, c| b.set_column_encoding(c, Encoding::PLAIN))
+        }),
+        ("tok_nodict_plain", |b| {
+            each(b, TOK, |b, c| {
+                b.set_column_dictionary_enabled(c.clone(), false)
+                    .set_column_encoding(c, Encoding::PLAIN)
+            })
+        }),
+        ("tok_nodict_bss", |b| {
+            each(b, TOK, |b, c| {
+                b.set_column_dictionary_enabled(c.clone(), false)
+                    .set_column_encoding(c, Encoding::BYTE_STREAM_SPLIT)
+            })
+        }),
+        ("tok_nodict_delta", |b| {
+            each(b, TOK, |b, c| {
+                b.set_column_dictionary_enabled(c.clone(), false)
+                    .set_column_encoding(c, Encoding::DELTA_BINARY_PACKED)
+            })
+        }),
+        ("v1_pages", |b| {
+            b.set_writer_version(parquet::file::properties::WriterVersion::PARQUET_1_0)
+        }),
+    ];
+    let variants: Vec<Variant> = tweaks
+        .into_iter()
+        .map(|(name, t)| {
+            let v: Box<dyn Fn() -> WriterProperties> =
+                Box::new(move || t(current().into_builder()).build());
+            (name, v)
+        })
+        .collect();
     // Costs outside Parquet: Arrow batch building and the per-batch sort.
     let cpu0 = thread_cpu();
     let mut n = 0;

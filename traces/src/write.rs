@@ -156,6 +156,18 @@ const SPLIT_NUMBERS: &[&str] = &[
     "response_bytes",
     "value",
 ];
+/// Wide-ranging token counts (prompt, output, chunks, gaps): a dictionary of thousands of
+/// distinct values costs a hash lookup a value and saves nothing over byte-stream-split
+/// (measured with `examples/recorder_bench.rs --variants` on rows resampled from the
+/// bundled Azure trace: within 0.1 byte a row, ~15% less encoding CPU). Low-cardinality
+/// integers (`max_tokens`, `message_count`, `status`) keep the default dictionary.
+const SPLIT_COUNTS: &[&str] = &["prompt_tokens", "output_tokens", "chunk_count", "itl_count"];
+
+/// zstd level 3: 1% smaller than level 1 on request rows for about the same CPU (most
+/// columns are already near their entropy after encoding; measured as above).
+fn zstd_level() -> ZstdLevel {
+    ZstdLevel::try_new(3).unwrap_or_default()
+}
 
 /// Writer properties of a file of `schema` with key-value metadata `kv` (to which the
 /// encoded Arrow schema is added, as `ArrowWriter` does).
@@ -165,8 +177,12 @@ fn writer_properties(
     max_rows: usize,
 ) -> WriterProperties {
     let mut b = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_compression(Compression::ZSTD(zstd_level()))
         .set_max_row_group_size(max_rows.max(1))
+        // Pages as large as the row group: fewer page headers and level-run restarts, and
+        // zstd sees a whole column chunk at once (-0.2 byte a row, measured as above).
+        .set_data_page_size_limit(8 << 20)
+        .set_data_page_row_count_limit(max_rows.max(1))
         // Statistics cost ~15% of encoding time and only time ranges are worth pruning by:
         // chunk statistics on the time columns only (set below).
         .set_statistics_enabled(EnabledStatistics::None)
@@ -199,7 +215,7 @@ fn writer_properties(
                 .set_column_dictionary_enabled(path.clone(), false)
                 .set_column_statistics_enabled(path.clone(), EnabledStatistics::Chunk)
                 .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
-        } else if SPLIT_NUMBERS.contains(&name) {
+        } else if SPLIT_NUMBERS.contains(&name) || SPLIT_COUNTS.contains(&name) {
             b = b
                 .set_column_dictionary_enabled(path.clone(), false)
                 .set_column_encoding(path, Encoding::BYTE_STREAM_SPLIT);
@@ -291,6 +307,8 @@ pub struct RowWriter<R: Row> {
     schema_descr: Arc<parquet::schema::types::SchemaDescriptor>,
     kv: Vec<(String, String)>,
     pending: Vec<R>,
+    /// Scratch of `sort_by_time`, reused across batches.
+    order: Vec<(i64, usize)>,
     current: Option<OpenFile>,
     finished: Vec<PathBuf>,
     seq: u64,
@@ -331,6 +349,7 @@ impl<R: Row> RowWriter<R> {
             schema_descr,
             kv,
             pending: Vec::with_capacity(ENCODE_BATCH_ROWS),
+            order: Vec::with_capacity(ENCODE_BATCH_ROWS),
             current: None,
             finished: Vec::new(),
             seq: 0,
@@ -483,14 +502,14 @@ impl<R: Row> RowWriter<R> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let mut rows = std::mem::take(&mut self.pending);
         // The proxy pushes a request when its response ends, so rows come nearly but not
         // quite in time order; sorting each batch makes files nearly sorted (better merges,
         // and ~1 byte a row less for the delta-encoded time column).
-        sort_by_time(&mut rows);
-        let batch = R::to_batch(&rows)?;
-        drop(rows);
-        self.pending = Vec::with_capacity(ENCODE_BATCH_ROWS);
+        sort_by_time(&mut self.pending, &mut self.order);
+        let batch = R::to_batch(&self.pending)?;
+        // Cleared, not replaced: a fresh multi-MB buffer per batch costs a page fault per
+        // 4 KiB on every batch.
+        self.pending.clear();
         let mut offset = 0;
         while offset < batch.num_rows() {
             let max_rows = self.opts.max_rows_per_group.max(1);
@@ -591,16 +610,34 @@ impl<R: Row> Drop for RowWriter<R> {
     }
 }
 
-/// Sorts rows by time, stably. Rows are large structs: sorting (time, index) pairs and
-/// moving each row once is ~10x cheaper than sorting the rows themselves.
-fn sort_by_time<R: Row>(rows: &mut Vec<R>) {
+/// Sorts rows by time, stably, in place. Rows are large structs: sorting (time, index)
+/// pairs and then applying the permutation by swapping along its cycles moves each row
+/// about once, allocates nothing (`order` is reused scratch) and is ~10x cheaper than
+/// sorting the rows themselves.
+fn sort_by_time<R: Row>(rows: &mut [R], order: &mut Vec<(i64, usize)>) {
     if rows.is_sorted_by_key(R::time_us) {
         return;
     }
-    let mut order: Vec<(i64, usize)> = rows.iter().map(R::time_us).zip(0..).collect();
+    order.clear();
+    order.extend(rows.iter().map(R::time_us).zip(0..));
     order.sort_unstable();
-    let mut slots: Vec<Option<R>> = std::mem::take(rows).into_iter().map(Some).collect();
-    rows.extend(order.into_iter().filter_map(|(_, i)| slots[i].take()));
+    // Position `i` must receive the row now at `order[i].1`. Follow each cycle once,
+    // marking visited entries by setting their source to `usize::MAX`.
+    for start in 0..rows.len() {
+        if order[start].1 == usize::MAX || order[start].1 == start {
+            continue;
+        }
+        let mut i = start;
+        loop {
+            let src = order[i].1;
+            order[i].1 = usize::MAX;
+            if src == start {
+                break;
+            }
+            rows.swap(i, src);
+            i = src;
+        }
+    }
 }
 
 fn remove_sidecars(tmp: &Path) {
@@ -869,4 +906,45 @@ fn rebuild(
     w.finish().map_err(pq_err(out))?;
     w.inner().sync_all().map_err(io_err(out))?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::rows::{SampleRow, SampleSource};
+
+    fn sample(time_us: i64, tag: usize) -> SampleRow {
+        SampleRow {
+            time_us,
+            source: SampleSource::Client,
+            name: format!("row{tag}"),
+            labels: String::new(),
+            value: tag as f64,
+        }
+    }
+
+    #[test]
+    fn sort_by_time_is_a_stable_sort() {
+        // A deterministic pseudo-random sequence of times with many ties.
+        let mut x = 0x1234_5678u64;
+        for n in [0usize, 1, 2, 7, 100, 1000] {
+            let mut rows: Vec<SampleRow> = (0..n)
+                .map(|i| {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    sample((x >> 33) as i64 % 50, i)
+                })
+                .collect();
+            let mut expected = rows.clone();
+            expected.sort_by_key(|r| r.time_us); // stable
+            let mut order = Vec::new();
+            sort_by_time(&mut rows, &mut order);
+            assert_eq!(rows, expected, "n = {n}");
+            // Scratch is reused: a second sort of sorted rows changes nothing.
+            sort_by_time(&mut rows, &mut order);
+            assert_eq!(rows, expected, "n = {n}, resorted");
+        }
+    }
 }
