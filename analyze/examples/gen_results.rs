@@ -3,7 +3,7 @@
 //!
 //! N = 0 analyzes an existing OUT_DIR without writing.
 //!
-//! `cargo run --release -p retrace-analyze --example gen_results -- OUT_DIR 10000000 --analyze [--html report.html]`
+//! `cargo run --release -p retrace-analyze --example gen_results -- OUT_DIR 10000000 --analyze [--html report.html] [--json report.json]`
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -16,16 +16,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let out = PathBuf::from(
         args.next()
-            .ok_or("usage: gen_results OUT_DIR N [--analyze] [--html FILE]")?,
+            .ok_or("usage: gen_results OUT_DIR N [--analyze] [--html FILE] [--json FILE]")?,
     );
     let n: u64 = args.next().ok_or("missing N")?.parse()?;
     let rest: Vec<String> = args.collect();
     let do_analyze = rest.iter().any(|a| a == "--analyze");
-    let html = rest
-        .iter()
-        .position(|a| a == "--html")
-        .and_then(|i| rest.get(i + 1))
-        .map(PathBuf::from);
+    let value_of = |flag: &str| {
+        rest.iter()
+            .position(|a| a == flag)
+            .and_then(|i| rest.get(i + 1))
+            .map(PathBuf::from)
+    };
+    let html = value_of("--html");
+    let json = value_of("--json");
     // Rate chosen so the run lasts 6 hours whatever N is.
     let duration_us: i64 = 6 * 3600 * 1_000_000;
     let synth = Synth {
@@ -94,6 +97,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             report.summary.requests,
             report.summary.requests as f64 / secs / 1e6
         );
+        if let Some(j) = json {
+            std::fs::write(&j, serde_json::to_string_pretty(&report.to_json())?)?;
+            eprintln!("JSON: {}", j.display());
+        }
         if let Some(h) = html {
             report.write_html(&h)?;
             eprintln!("HTML: {}", h.display());

@@ -6,6 +6,15 @@ use std::collections::{BTreeMap, HashMap};
 use hdrhistogram::Histogram;
 use retrace_traces::{ErrorKind, SampleSource};
 
+use crate::counts::{Counts, SIG2, SIG3};
+
+/// Per-window counts (2 significant figures, `u32` cells, like [`window_hist`]).
+type WinCounts = Counts<u32, SIG2>;
+/// Per-level counts (like [`level_hist`]).
+type LevelCounts = Counts<u64, SIG2>;
+/// Whole-run counts (like [`run_hist`]).
+type RunCounts = Counts<u64, SIG3>;
+
 /// Error kinds in a fixed order (index = position in per-window error arrays).
 pub(crate) const ERROR_KINDS: [ErrorKind; 6] = [
     ErrorKind::Connect,
@@ -72,14 +81,6 @@ pub(crate) fn run_hist() -> Histogram<u64> {
     let mut h = Histogram::new_with_bounds(1, 1 << 26, 3).expect("static bounds are valid");
     h.auto(true);
     h
-}
-
-/// Records into a lazily allocated histogram (windows without a metric cost nothing).
-#[inline]
-fn rec32(h: &mut Option<Histogram<u32>>, v: u64) {
-    let h = h.get_or_insert_with(window_hist);
-    // Values past i64::MAX/2 cannot be tracked; they are absurd for µs anyway.
-    let _ = h.record(v);
 }
 
 #[inline]
@@ -150,9 +151,14 @@ impl Acc {
     }
 }
 
-/// Everything kept per window.
+/// Everything kept per window. The latency histograms are `None` until [`Agg::finish`]
+/// builds them from the counts (and stay `None` for a metric the window never saw).
 #[derive(Debug, Default)]
 pub(crate) struct Window {
+    ttft_c: WinCounts,
+    tpot_c: WinCounts,
+    itl_c: WinCounts,
+    e2e_c: WinCounts,
     pub requests: u64,
     pub ok: u64,
     pub errors: [u64; 6],
@@ -173,6 +179,10 @@ pub(crate) struct Window {
 /// Per load level (or phase) of a ramp, step or spike run.
 #[derive(Debug)]
 pub(crate) struct Level {
+    ttft_c: LevelCounts,
+    tpot_c: LevelCounts,
+    itl_c: LevelCounts,
+    e2e_c: LevelCounts,
     pub phase: Option<String>,
     pub load_level: f64,
     pub requests: u64,
@@ -195,6 +205,14 @@ pub(crate) type SeriesKey = (String, String, &'static str);
 /// The aggregate of one run.
 #[derive(Debug)]
 pub(crate) struct Agg {
+    lateness_c: RunCounts,
+    prompt_tokens_c: RunCounts,
+    output_tokens_c: RunCounts,
+    in_flight_c: RunCounts,
+    prompt_ttft_c: Vec<RunCounts>,
+    /// The last window looked up: [start, end) µs and its position (rows come in time
+    /// order, so most lookups skip the division).
+    last_window: (i64, i64, usize),
     pub window_us: i64,
     /// Absolute index (time / window) of `windows[0]`.
     pub base: i64,
@@ -240,6 +258,12 @@ pub(crate) const MEMORY_NAMES: &[&str] = &[
 impl Agg {
     pub(crate) fn new(window_us: i64) -> Agg {
         Agg {
+            lateness_c: RunCounts::default(),
+            prompt_tokens_c: RunCounts::default(),
+            output_tokens_c: RunCounts::default(),
+            in_flight_c: RunCounts::default(),
+            prompt_ttft_c: (0..PROMPT_BINS).map(|_| RunCounts::default()).collect(),
+            last_window: (0, 0, 0),
             window_us: window_us.max(1),
             base: 0,
             windows: Vec::new(),
@@ -288,6 +312,10 @@ impl Agg {
         }
         let i = self.levels.len();
         self.levels.push(Level {
+            ttft_c: LevelCounts::default(),
+            tpot_c: LevelCounts::default(),
+            itl_c: LevelCounts::default(),
+            e2e_c: LevelCounts::default(),
             phase: key.0.clone(),
             load_level,
             requests: 0,
@@ -310,6 +338,10 @@ impl Agg {
     /// The window holding time `t_us`, growing the window vector as needed.
     #[inline]
     fn window_mut(&mut self, t_us: i64) -> &mut Window {
+        let (lo, hi, pos) = self.last_window;
+        if t_us >= lo && t_us < hi {
+            return &mut self.windows[pos];
+        }
         let idx = t_us.div_euclid(self.window_us);
         if self.windows.is_empty() {
             self.base = idx;
@@ -325,6 +357,10 @@ impl Agg {
         if pos >= self.windows.len() {
             self.windows.resize_with(pos + 1, Window::default);
         }
+        self.last_window = idx
+            .checked_mul(self.window_us)
+            .and_then(|lo| Some((lo, lo.checked_add(self.window_us)?, pos)))
+            .unwrap_or((0, 0, 0));
         &mut self.windows[pos]
     }
 
@@ -360,9 +396,12 @@ impl Agg {
             self.last_end_us = self.last_end_us.max(t.saturating_add(e2e as i64));
         }
         self.prompt_tokens_total += u64::from(r.prompt_tokens);
-        rec64(&mut self.prompt_tokens, u64::from(r.prompt_tokens));
-        rec64(&mut self.in_flight, u64::from(r.in_flight_at_send));
-        rec64(&mut self.lateness, r.lateness_us.max(0) as u64);
+        self.prompt_tokens_c
+            .record(u64::from(r.prompt_tokens), run_hist);
+        self.in_flight_c
+            .record(u64::from(r.in_flight_at_send), run_hist);
+        self.lateness_c
+            .record(r.lateness_us.max(0) as u64, run_hist);
         let ok = r.error.is_none();
         if let Some(kind) = r.error {
             self.errors[kind_index(kind)] += 1;
@@ -375,15 +414,16 @@ impl Agg {
         if let Some(out) = r.output_tokens {
             self.output_tokens_total += u64::from(out);
             if ok {
-                rec64(&mut self.output_tokens, u64::from(out));
+                self.output_tokens_c.record(u64::from(out), run_hist);
             }
         }
         // Whole-run latency histograms are the sum of the per-level ones (levels partition
         // the rows): built once in `finish` instead of recorded twice per row.
+        let tpot = r.tpot_us.map(|v| v.round().max(0.0) as u64);
         if ok {
             if let Some(v) = r.ttft_us {
                 let bin = prompt_bin(r.prompt_tokens);
-                rec64(self.prompt_ttft[bin].get_or_insert_with(run_hist), v);
+                self.prompt_ttft_c[bin].record(v, run_hist);
             }
         }
         {
@@ -398,17 +438,18 @@ impl Agg {
                 lvl.ok += 1;
                 lvl.output_tokens += u64::from(r.output_tokens.unwrap_or(0));
                 if let Some(v) = r.ttft_us {
-                    rec64(&mut lvl.ttft, v);
+                    lvl.ttft_c.record(v, level_hist);
                 }
                 if let Some(v) = r.e2e_us {
-                    rec64(&mut lvl.e2e, v);
+                    lvl.e2e_c.record(v, level_hist);
                     lvl.last_end_us = lvl.last_end_us.max(t.saturating_add(v as i64));
                 }
-                if let Some(v) = r.tpot_us {
-                    rec64(&mut lvl.tpot, v.round().max(0.0) as u64);
+                if let Some(v) = tpot {
+                    lvl.tpot_c.record(v, level_hist);
                 }
                 if let (Some(v), true) = (r.itl_p50_us, r.itl_count > 0) {
-                    let _ = lvl.itl.record_n(v.max(1), u64::from(r.itl_count));
+                    lvl.itl_c
+                        .record_n(v.max(1), u64::from(r.itl_count), level_hist);
                 }
             }
         }
@@ -423,17 +464,17 @@ impl Agg {
         } else {
             w.ok += 1;
             if let Some(v) = r.ttft_us {
-                rec32(&mut w.ttft, v);
+                w.ttft_c.record(v, window_hist);
             }
             if let Some(v) = r.e2e_us {
-                rec32(&mut w.e2e, v);
+                w.e2e_c.record(v, window_hist);
             }
-            if let Some(v) = r.tpot_us {
-                rec32(&mut w.tpot, v.round().max(0.0) as u64);
+            if let Some(v) = tpot {
+                w.tpot_c.record(v, window_hist);
             }
             if let (Some(v), true) = (r.itl_p50_us, r.itl_count > 0) {
-                let h = w.itl.get_or_insert_with(window_hist);
-                let _ = h.record_n(v.max(1), r.itl_count);
+                w.itl_c
+                    .record_n(v.max(1), u64::from(r.itl_count), window_hist);
             }
         }
     }
@@ -528,6 +569,13 @@ impl Agg {
         for (a, b) in self.prompt_ttft.iter_mut().zip(other.prompt_ttft) {
             add_hist(a, b);
         }
+        self.lateness_c.merge(other.lateness_c);
+        self.prompt_tokens_c.merge(other.prompt_tokens_c);
+        self.output_tokens_c.merge(other.output_tokens_c);
+        self.in_flight_c.merge(other.in_flight_c);
+        for (a, b) in self.prompt_ttft_c.iter_mut().zip(other.prompt_ttft_c) {
+            a.merge(b);
+        }
         for l in other.levels {
             let i = self.level(l.phase.as_deref(), l.load_level);
             let m = &mut self.levels[i];
@@ -545,6 +593,10 @@ impl Agg {
             let _ = m.tpot.add(&l.tpot);
             let _ = m.itl.add(&l.itl);
             let _ = m.e2e.add(&l.e2e);
+            m.ttft_c.merge(l.ttft_c);
+            m.tpot_c.merge(l.tpot_c);
+            m.itl_c.merge(l.itl_c);
+            m.e2e_c.merge(l.e2e_c);
         }
         for (i, &c) in other.per_second.iter().enumerate() {
             if c > 0 {
@@ -572,6 +624,10 @@ impl Agg {
             add_hist(&mut m.tpot, w.tpot);
             add_hist(&mut m.itl, w.itl);
             add_hist(&mut m.e2e, w.e2e);
+            m.ttft_c.merge(w.ttft_c);
+            m.tpot_c.merge(w.tpot_c);
+            m.itl_c.merge(w.itl_c);
+            m.e2e_c.merge(w.e2e_c);
             m.in_flight_sum += w.in_flight_sum;
             m.lateness_max_us = m.lateness_max_us.max(w.lateness_max_us);
             m.queue.merge(&w.queue);
@@ -591,6 +647,44 @@ impl Agg {
     /// Builds the whole-run latency histograms from the per-level ones. Call once, after
     /// every row (and merge) is in.
     pub(crate) fn finish(&mut self) {
+        use std::mem::take;
+        take(&mut self.lateness_c).add_into(&mut self.lateness);
+        take(&mut self.prompt_tokens_c).add_into(&mut self.prompt_tokens);
+        take(&mut self.output_tokens_c).add_into(&mut self.output_tokens);
+        take(&mut self.in_flight_c).add_into(&mut self.in_flight);
+        for (h, c) in self.prompt_ttft.iter_mut().zip(&mut self.prompt_ttft_c) {
+            if let Some(built) = take(c).into_hist(run_hist) {
+                match h {
+                    Some(h) => {
+                        let _ = h.add(&built);
+                    }
+                    None => *h = Some(built),
+                }
+            }
+        }
+        for w in &mut self.windows {
+            for (h, c) in [
+                (&mut w.ttft, &mut w.ttft_c),
+                (&mut w.tpot, &mut w.tpot_c),
+                (&mut w.itl, &mut w.itl_c),
+                (&mut w.e2e, &mut w.e2e_c),
+            ] {
+                if let Some(built) = take(c).into_hist(window_hist) {
+                    match h {
+                        Some(h) => {
+                            let _ = h.add(&built);
+                        }
+                        None => *h = Some(built),
+                    }
+                }
+            }
+        }
+        for l in &mut self.levels {
+            take(&mut l.ttft_c).add_into(&mut l.ttft);
+            take(&mut l.tpot_c).add_into(&mut l.tpot);
+            take(&mut l.itl_c).add_into(&mut l.itl);
+            take(&mut l.e2e_c).add_into(&mut l.e2e);
+        }
         let mut ttft = level_hist();
         let mut tpot = level_hist();
         let mut itl = level_hist();

@@ -44,6 +44,9 @@ pub struct AnalyzeArgs {
     /// coordinated omission; for comparison only).
     #[arg(long)]
     pub from_actual_send: bool,
+    /// Threads reading the results (0: `RETRACE_ANALYZE_THREADS`, else one per core).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub threads: usize,
     /// Print the JSON document to stdout instead of the terminal summary.
     #[arg(long)]
     pub json: bool,
@@ -70,6 +73,7 @@ impl AnalyzeArgs {
             memory_limit_bytes: self.memory_limit,
             growth: self.growth,
             from_intended: !self.from_actual_send,
+            threads: self.threads,
         })
     }
 }

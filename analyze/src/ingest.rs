@@ -11,7 +11,9 @@ use arrow_array::types::{
 };
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::DataType;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
 use parquet::arrow::ProjectionMask;
 use retrace_traces::{ErrorKind, RequestRow, ResultRow, SampleRow, SampleSource};
 
@@ -130,44 +132,22 @@ fn open_projected(
     path: &Path,
     wanted: &[&str],
 ) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader, AnalyzeError> {
-    open_projected_with_speedup(path, wanted).map(|(reader, _)| reader)
-}
-
-/// Opens `path` reading only the `wanted` columns, and returns the replay's clock
-/// speed-up from the file metadata (`retrace.clock_speedup`, 1 when absent).
-fn open_projected_with_speedup(
-    path: &Path,
-    wanted: &[&str],
-) -> Result<(parquet::arrow::arrow_reader::ParquetRecordBatchReader, f64), AnalyzeError> {
     let file = File::open(path).map_err(|source| AnalyzeError::Io {
         path: path.to_path_buf(),
         source,
     })?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| bad(path, e))?;
-    let clock_speedup = builder
-        .metadata()
-        .file_metadata()
-        .key_value_metadata()
-        .and_then(|kvs| {
-            kvs.iter()
-                .find(|kv| kv.key == "retrace.clock_speedup")
-                .and_then(|kv| kv.value.as_deref())
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .filter(|k| k.is_finite() && *k > 0.0)
-        .unwrap_or(1.0);
     let schema = builder.schema().clone();
     let indices: Vec<usize> = wanted
         .iter()
         .filter_map(|n| schema.index_of(n).ok())
         .collect();
     let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
-    let reader = builder
+    builder
         .with_projection(mask)
-        .with_batch_size(64 * 1024)
+        .with_batch_size(BATCH_ROWS)
         .build()
-        .map_err(|e| bad(path, e))?;
-    Ok((reader, clock_speedup))
+        .map_err(|e| bad(path, e))
 }
 
 /// A numeric column of any integer or float type (the type is matched once per batch).
@@ -359,64 +339,212 @@ pub(crate) struct Basis {
     pub from_intended: bool,
 }
 
-const RESULT_COLUMNS: &[&str] = &[
-    "intended_send_us",
-    "lateness_us",
-    "in_flight_at_send",
-    "prompt_tokens",
-    "output_tokens",
-    "error_kind",
-    "error_message",
-    "ttft_us",
-    "ttft_from_intended_us",
-    "e2e_us",
-    "e2e_from_intended_us",
-    "tpot_us",
-    "itl_count",
-    "itl_p50_us",
-    "phase",
-    "load_level",
-];
+/// The results columns the analysis reads, for one latency basis: only these are decoded.
+fn result_columns(basis: Basis) -> [&'static str; 14] {
+    let (ttft, e2e) = if basis.from_intended {
+        ("ttft_from_intended_us", "e2e_from_intended_us")
+    } else {
+        ("ttft_us", "e2e_us")
+    };
+    [
+        "intended_send_us",
+        "lateness_us",
+        "in_flight_at_send",
+        "prompt_tokens",
+        "output_tokens",
+        "error_kind",
+        "error_message",
+        ttft,
+        e2e,
+        "tpot_us",
+        "itl_count",
+        "itl_p50_us",
+        "phase",
+        "load_level",
+    ]
+}
 
-/// Aggregates one results file.
-pub(crate) fn read_results(path: &Path, agg: &mut Agg, basis: Basis) -> Result<u64, AnalyzeError> {
+/// Rows per decoded batch: small enough that a batch's columns stay in cache and their
+/// buffers are reused by the allocator instead of being mapped fresh (64 Ki-row batches
+/// spent ~10% of the time zeroing new pages).
+const BATCH_ROWS: usize = 8 * 1024;
+
+/// One unit of parallel work: one row group of a results file.
+#[derive(Debug, Clone)]
+pub(crate) struct ResultsPart {
+    path: PathBuf,
+    meta: ArrowReaderMetadata,
+    row_group: usize,
+    /// Rows before this row group in the file (row numbers in errors are per file).
+    first_row: u64,
+    clock_speedup: f64,
+}
+
+/// Splits a results file into its row groups (the footer is read once and shared).
+pub(crate) fn plan_results(path: &Path) -> Result<Vec<ResultsPart>, AnalyzeError> {
+    let file = File::open(path).map_err(|source| AnalyzeError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let meta =
+        ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(|e| bad(path, e))?;
     // Lateness is the load generator's own timing error: judge it on the client's real
     // clock. Under `--clock-speedup K` the files hold it in the target's (K× faster) time.
-    let (reader, clock_speedup) = open_projected_with_speedup(path, RESULT_COLUMNS)?;
+    let clock_speedup = meta
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kvs| {
+            kvs.iter()
+                .find(|kv| kv.key == "retrace.clock_speedup")
+                .and_then(|kv| kv.value.as_deref())
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .filter(|k| k.is_finite() && *k > 0.0)
+        .unwrap_or(1.0);
+    let mut first_row = 0u64;
+    let mut parts = Vec::new();
+    for (row_group, rg) in meta.metadata().row_groups().iter().enumerate() {
+        parts.push(ResultsPart {
+            path: path.to_path_buf(),
+            meta: meta.clone(),
+            row_group,
+            first_row,
+            clock_speedup,
+        });
+        first_row += u64::try_from(rg.num_rows()).unwrap_or(0);
+    }
+    Ok(parts)
+}
+
+/// Column buffers of one batch in plain form, reused from batch to batch: the row loop
+/// then reads slices instead of matching on each column's type for every value.
+#[derive(Debug, Default)]
+struct Cols {
+    intended: Vec<Option<i64>>,
+    lateness: Vec<Option<i64>>,
+    in_flight: Vec<Option<u32>>,
+    prompt: Vec<Option<u32>>,
+    output: Vec<Option<u32>>,
+    ttft: Vec<Option<u64>>,
+    e2e: Vec<Option<u64>>,
+    tpot: Vec<Option<f64>>,
+    itl_count: Vec<Option<u32>>,
+    itl_p50: Vec<Option<u64>>,
+    load_level: Vec<Option<f64>>,
+}
+
+/// Fills `out` with a primitive column's values (`None` for nulls).
+fn fill_native<T: arrow_array::ArrowPrimitiveType>(
+    a: &arrow_array::PrimitiveArray<T>,
+    out: &mut Vec<Option<T::Native>>,
+) {
+    out.clear();
+    if a.null_count() == 0 {
+        out.extend(a.values().iter().map(|&v| Some(v)));
+    } else {
+        out.extend(a.iter());
+    }
+}
+
+/// Fills `out` with `n` values converted by `get` (the generic, per-value path).
+fn fill_with<T>(n: usize, out: &mut Vec<Option<T>>, get: impl Fn(usize) -> Option<T>) {
+    out.clear();
+    out.extend((0..n).map(get));
+}
+
+impl<'a> Num<'a> {
+    fn fill_i64(&self, n: usize, out: &mut Vec<Option<i64>>) {
+        match self {
+            Num::I64(a) => fill_native(*a, out),
+            _ => fill_with(n, out, |i| self.i64(i)),
+        }
+    }
+
+    fn fill_u64(&self, n: usize, out: &mut Vec<Option<u64>>) {
+        match self {
+            Num::U64(a) => fill_native(*a, out),
+            _ => fill_with(n, out, |i| self.u64(i)),
+        }
+    }
+
+    fn fill_u32(&self, n: usize, out: &mut Vec<Option<u32>>) {
+        match self {
+            Num::U32(a) => fill_native(*a, out),
+            _ => fill_with(n, out, |i| self.u32(i)),
+        }
+    }
+
+    fn fill_f64(&self, n: usize, out: &mut Vec<Option<f64>>) {
+        match self {
+            Num::F64(a) => fill_native(*a, out),
+            _ => fill_with(n, out, |i| self.f64(i)),
+        }
+    }
+}
+
+/// Whether a string column has no value in this batch (absent or all null).
+fn all_null(batch: &RecordBatch, name: &str) -> bool {
+    batch
+        .column_by_name(name)
+        .is_none_or(|c| c.null_count() == c.len())
+}
+
+/// Aggregates one row group of a results file.
+pub(crate) fn read_results_part(
+    part: &ResultsPart,
+    agg: &mut Agg,
+    basis: Basis,
+) -> Result<u64, AnalyzeError> {
+    let path = part.path.as_path();
+    let file = File::open(path).map_err(|source| AnalyzeError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, part.meta.clone());
+    let indices: Vec<usize> = result_columns(basis)
+        .iter()
+        .filter_map(|n| builder.schema().index_of(n).ok())
+        .collect();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+    let reader = builder
+        .with_projection(mask)
+        .with_row_groups(vec![part.row_group])
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(|e| bad(path, e))?;
+    let clock_speedup = part.clock_speedup;
+    let [_, _, _, _, _, _, _, ttft_name, e2e_name, ..] = result_columns(basis);
+    let mut cols = Cols::default();
     let mut rows = 0u64;
-    let mut base_row = 0u64;
+    let mut base_row = part.first_row;
     for batch in reader {
         let batch = batch.map_err(|e| bad(path, e))?;
         if batch.column_by_name("intended_send_us").is_none() {
             return Err(bad(path, "missing column `intended_send_us`"));
         }
-        let intended = Num::of(&batch, "intended_send_us", path)?;
-        let lateness = Num::of(&batch, "lateness_us", path)?;
-        let in_flight = Num::of(&batch, "in_flight_at_send", path)?;
-        let prompt = Num::of(&batch, "prompt_tokens", path)?;
-        let output = Num::of(&batch, "output_tokens", path)?;
+        let n = batch.num_rows();
+        Num::of(&batch, "intended_send_us", path)?.fill_i64(n, &mut cols.intended);
+        Num::of(&batch, "lateness_us", path)?.fill_i64(n, &mut cols.lateness);
+        Num::of(&batch, "in_flight_at_send", path)?.fill_u32(n, &mut cols.in_flight);
+        Num::of(&batch, "prompt_tokens", path)?.fill_u32(n, &mut cols.prompt);
+        Num::of(&batch, "output_tokens", path)?.fill_u32(n, &mut cols.output);
+        Num::of(&batch, ttft_name, path)?.fill_u64(n, &mut cols.ttft);
+        Num::of(&batch, e2e_name, path)?.fill_u64(n, &mut cols.e2e);
+        Num::of(&batch, "tpot_us", path)?.fill_f64(n, &mut cols.tpot);
+        Num::of(&batch, "itl_count", path)?.fill_u32(n, &mut cols.itl_count);
+        Num::of(&batch, "itl_p50_us", path)?.fill_u64(n, &mut cols.itl_p50);
+        Num::of(&batch, "load_level", path)?.fill_f64(n, &mut cols.load_level);
         let error_kind = Str::of(&batch, "error_kind", path)?;
         let error_message = Str::of(&batch, "error_message", path)?;
-        let (ttft, e2e) = if basis.from_intended {
-            (
-                Num::of(&batch, "ttft_from_intended_us", path)?,
-                Num::of(&batch, "e2e_from_intended_us", path)?,
-            )
-        } else {
-            (
-                Num::of(&batch, "ttft_us", path)?,
-                Num::of(&batch, "e2e_us", path)?,
-            )
-        };
-        let tpot = Num::of(&batch, "tpot_us", path)?;
-        let itl_count = Num::of(&batch, "itl_count", path)?;
-        let itl_p50 = Num::of(&batch, "itl_p50_us", path)?;
+        let no_errors = all_null(&batch, "error_kind");
         let phase = Str::of(&batch, "phase", path)?;
-        let load_level = Num::of(&batch, "load_level", path)?;
+        let no_phase = all_null(&batch, "phase");
         let mut last_key: Option<(Option<&str>, u64)> = None;
         let mut level = 0usize;
-        for i in 0..batch.num_rows() {
-            let Some(t) = intended.i64(i) else {
+        let c = &cols;
+        for i in 0..n {
+            let Some(t) = c.intended[i] else {
                 return Err(AnalyzeError::BadRow {
                     path: path.to_path_buf(),
                     row: base_row + i as u64 + 1,
@@ -424,14 +552,14 @@ pub(crate) fn read_results(path: &Path, agg: &mut Agg, basis: Basis) -> Result<u
                     message: "missing".into(),
                 });
             };
-            let ph = phase.get(i);
-            let ll = load_level.f64(i).unwrap_or(1.0);
+            let ph = if no_phase { None } else { phase.get(i) };
+            let ll = c.load_level[i].unwrap_or(1.0);
             let key = (ph, ll.to_bits());
             if last_key != Some(key) {
                 level = agg.level(ph, ll);
                 last_key = Some(key);
             }
-            let error = match error_kind.get(i) {
+            let error = match if no_errors { None } else { error_kind.get(i) } {
                 None => None,
                 Some(s) => Some(ErrorKind::parse(s).ok_or_else(|| AnalyzeError::BadRow {
                     path: path.to_path_buf(),
@@ -440,28 +568,29 @@ pub(crate) fn read_results(path: &Path, agg: &mut Agg, basis: Basis) -> Result<u
                     message: format!("unknown error kind `{s}`"),
                 })?),
             };
+            // The message is only looked at for the few rows where it can matter.
             let client_side_error = match error {
                 Some(kind) => is_client_error(kind, error_message.get(i)),
                 None => false,
             };
             agg.push(&Rec {
                 intended_send_us: t,
-                lateness_us: (lateness.i64(i).unwrap_or(0) as f64 / clock_speedup) as i64,
-                in_flight_at_send: in_flight.u32(i).unwrap_or(0),
-                prompt_tokens: prompt.u32(i).unwrap_or(0),
-                output_tokens: output.u32(i),
+                lateness_us: (c.lateness[i].unwrap_or(0) as f64 / clock_speedup) as i64,
+                in_flight_at_send: c.in_flight[i].unwrap_or(0),
+                prompt_tokens: c.prompt[i].unwrap_or(0),
+                output_tokens: c.output[i],
                 error,
                 client_side_error,
-                ttft_us: ttft.u64(i),
-                e2e_us: e2e.u64(i),
-                tpot_us: tpot.f64(i),
-                itl_p50_us: itl_p50.u64(i),
-                itl_count: itl_count.u32(i).unwrap_or(0),
+                ttft_us: c.ttft[i],
+                e2e_us: c.e2e[i],
+                tpot_us: c.tpot[i],
+                itl_p50_us: c.itl_p50[i],
+                itl_count: c.itl_count[i].unwrap_or(0),
                 level,
             });
         }
-        base_row += batch.num_rows() as u64;
-        rows += batch.num_rows() as u64;
+        base_row += n as u64;
+        rows += n as u64;
     }
     Ok(rows)
 }

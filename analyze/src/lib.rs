@@ -7,6 +7,7 @@
 
 mod agg;
 pub mod cli;
+mod counts;
 mod html;
 mod ingest;
 pub mod report;
@@ -83,6 +84,9 @@ pub struct AnalyzeConfig {
     pub growth: f64,
     /// Measure TTFT and E2E from the intended send (default, no coordinated omission).
     pub from_intended: bool,
+    /// Threads reading results files (0: the `RETRACE_ANALYZE_THREADS` environment
+    /// variable, else one per core). The report is the same whatever the count.
+    pub threads: usize,
 }
 
 impl Default for AnalyzeConfig {
@@ -97,6 +101,7 @@ impl Default for AnalyzeConfig {
             memory_limit_bytes: None,
             growth: 1.5,
             from_intended: true,
+            threads: 0,
         }
     }
 }
@@ -148,35 +153,58 @@ fn aggregate_run(config: &AnalyzeConfig, paths: &[PathBuf]) -> Result<agg::Agg, 
     Ok(agg)
 }
 
-/// Reads results files on up to `available_parallelism` threads, one aggregate each,
-/// merged at the end (aggregates are small: per window, not per row).
+/// How many threads read results: `config.threads`, else `RETRACE_ANALYZE_THREADS`, else
+/// one per core.
+fn thread_count(config: &AnalyzeConfig) -> usize {
+    if config.threads > 0 {
+        return config.threads;
+    }
+    std::env::var("RETRACE_ANALYZE_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Reads results files on parallel threads, one row group at a time, one aggregate per
+/// thread, merged at the end (aggregates are per window, not per row, so they merge
+/// cheaply and exactly). Each thread decodes one batch at a time: memory stays constant.
 fn read_results_parallel(
     config: &AnalyzeConfig,
     files: &[PathBuf],
 ) -> Result<(agg::Agg, u64), AnalyzeError> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(files.len())
-        .max(1);
+    let mut parts = Vec::new();
+    for f in files {
+        parts.extend(ingest::plan_results(f)?);
+    }
+    let threads = thread_count(config).min(parts.len()).max(1);
     if threads == 1 {
         let mut agg = agg::Agg::new(config.window_us);
         let mut rows = 0;
-        for f in files {
-            rows += ingest::read_results(f, &mut agg, basis(config))?;
+        for part in &parts {
+            rows += ingest::read_results_part(part, &mut agg, basis(config))?;
         }
         return Ok((agg, rows));
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
     let results: Vec<Result<(agg::Agg, u64), AnalyzeError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {
                     let mut agg = agg::Agg::new(config.window_us);
                     let mut rows = 0;
-                    loop {
+                    while !failed.load(std::sync::atomic::Ordering::Relaxed) {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(f) = files.get(i) else { break };
-                        rows += ingest::read_results(f, &mut agg, basis(config))?;
+                        let Some(part) = parts.get(i) else { break };
+                        match ingest::read_results_part(part, &mut agg, basis(config)) {
+                            Ok(n) => rows += n,
+                            Err(e) => {
+                                // No point reading on: the analysis fails with this error.
+                                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                                return Err(e);
+                            }
+                        }
                     }
                     Ok((agg, rows))
                 })

@@ -683,3 +683,52 @@ fn files_read_in_parallel_merge_to_the_same_numbers_as_one_pass() {
     assert_eq!(ca.cliff, cb.cliff);
     assert_eq!(ca.levels.len(), cb.levels.len());
 }
+
+/// The parallel reader (row groups spread over threads, aggregates merged) gives exactly
+/// the report of one thread reading everything in order.
+#[test]
+fn parallel_reading_gives_the_same_report_as_one_thread() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A ramp (several levels, merged across threads) with errors, ~150k rows: the big file
+    // holds 3 row groups (the writer cuts them at 64 Ki rows), the small one 1.
+    let synth = Synth {
+        rate_per_s: 130.0,
+        error_rate: 0.01,
+        leak_bytes_per_hour: 0.5 * GIB,
+        ..ramp(250.0)
+    };
+    let rows: Vec<ResultRow> = synth.results().collect();
+    let cut = rows.len() - 5_000;
+    assert!(cut > 2 * 65_536, "{}", rows.len());
+    write_file(
+        &tmp.path().join("results-0.parquet"),
+        &rows[..cut],
+        &FileMeta::default(),
+    )
+    .unwrap();
+    write_file(
+        &tmp.path().join("results-1.parquet"),
+        &rows[cut..],
+        &FileMeta::default(),
+    )
+    .unwrap();
+    write_file(
+        &tmp.path().join("samples-0.parquet"),
+        &synth.samples(),
+        &FileMeta::default(),
+    )
+    .unwrap();
+    let json = |threads: usize| {
+        let mut cfg = config(tmp.path().to_path_buf());
+        cfg.threads = threads;
+        cfg.slos = vec![slo("ttft_p95=2s"), slo("error_rate=1%")];
+        let report = analyze(&cfg).unwrap();
+        assert_eq!(report.summary.requests, rows.len() as u64);
+        serde_json::to_string_pretty(&report.to_json()).unwrap()
+    };
+    let one = json(1);
+    assert!(one.contains("step-6"), "the levels are in the report");
+    for threads in [2, 3, 8] {
+        assert_eq!(json(threads), one, "{threads} threads");
+    }
+}
