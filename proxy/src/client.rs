@@ -670,3 +670,115 @@ impl Body for UpstreamBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A connection whose upstream end has already written `wire` (and stays open).
+    async fn conn_with(wire: &'static [u8]) -> (Conn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (mut server, _) = accepted.unwrap();
+        server.write_all(wire).await.unwrap();
+        let conn = Conn {
+            io: UpstreamStream::Plain(client.unwrap()),
+            buf: BytesMut::new(),
+            read_bytes: READ_CHUNK_BYTES,
+        };
+        (conn, server)
+    }
+
+    async fn body_of(mut conn: Conn, head_request: bool) -> (u16, Vec<Bytes>, bool) {
+        let (parts, kind, keep_alive) = read_head(&mut conn, head_request).await.unwrap();
+        let done = matches!(kind, Kind::Empty | Kind::Length(0));
+        let mut body = UpstreamBody {
+            conn: Some(conn),
+            kind,
+            keep_alive,
+            done,
+        };
+        let mut frames = Vec::new();
+        while let Some(frame) = body.frame().await {
+            frames.push(frame.unwrap().into_data().unwrap());
+        }
+        (
+            parts.status.as_u16(),
+            frames,
+            body.take_reusable().is_some(),
+        )
+    }
+
+    #[tokio::test]
+    async fn chunks_that_arrived_together_are_one_frame_and_the_connection_is_reused() {
+        let (conn, _server) = conn_with(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+              5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\ntrailer: x\r\n\r\n",
+        )
+        .await;
+        let (status, frames, reusable) = body_of(conn, false).await;
+        assert_eq!(status, 200);
+        assert_eq!(frames, vec![Bytes::from_static(b"hello world")]);
+        assert!(
+            reusable,
+            "a cleanly ended chunked body leaves the connection reusable"
+        );
+    }
+
+    #[tokio::test]
+    async fn length_close_and_head_bodies() {
+        let (conn, _server) = conn_with(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabc").await;
+        let (_, frames, reusable) = body_of(conn, false).await;
+        assert_eq!(frames.concat(), b"abc");
+        assert!(reusable);
+        let (conn, server) = conn_with(b"HTTP/1.1 200 OK\r\n\r\nuntil close").await;
+        drop(server);
+        let (_, frames, reusable) = body_of(conn, false).await;
+        assert_eq!(frames.concat(), b"until close");
+        assert!(!reusable, "a close-delimited body uses the connection up");
+        let (conn, _server) = conn_with(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n").await;
+        let (_, frames, reusable) = body_of(conn, true).await;
+        assert!(frames.is_empty(), "a response to HEAD has no body");
+        assert!(reusable);
+    }
+
+    #[tokio::test]
+    async fn bad_chunk_size_and_early_close_are_errors() {
+        let (mut conn, _server) =
+            conn_with(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n").await;
+        let (_, kind, keep_alive) = read_head(&mut conn, false).await.unwrap();
+        let mut body = UpstreamBody {
+            conn: Some(conn),
+            kind,
+            keep_alive,
+            done: false,
+        };
+        assert!(body.frame().await.unwrap().is_err());
+        let (mut conn, server) =
+            conn_with(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc").await;
+        drop(server);
+        let (_, kind, keep_alive) = read_head(&mut conn, false).await.unwrap();
+        let mut body = UpstreamBody {
+            conn: Some(conn),
+            kind,
+            keep_alive,
+            done: false,
+        };
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "abc"
+        );
+        assert!(
+            body.frame().await.unwrap().is_err(),
+            "EOF before the length is an error"
+        );
+        let (mut conn, server) = conn_with(b"").await;
+        drop(server);
+        let err = read_head(&mut conn, false).await.err().unwrap();
+        assert!(err.closed_before_response());
+    }
+}

@@ -258,6 +258,23 @@ mod tests {
     }
 
     #[test]
+    fn long_line_split_over_many_pushes() {
+        // The scan position survives pushes (a long line is not rescanned each time),
+        // across events drained from the buffer, for a line ended by CR LF.
+        let line = vec![b'y'; 100_000];
+        let mut stream = b"data: a\n\ndata: ".to_vec();
+        stream.extend_from_slice(&line);
+        stream.extend_from_slice(b"\r\n\r\ndata: b\n\n");
+        let pieces: Vec<&[u8]> = stream.chunks(997).collect();
+        let events = all_events(&pieces);
+        assert_eq!(events.len(), 3);
+        assert_eq!(events[1].data.as_deref(), Some(&line[..]));
+        assert_eq!(events[2].data.as_deref(), Some(&b"b"[..]));
+        let raw: Vec<u8> = events.iter().flat_map(|e| e.raw.clone()).collect();
+        assert_eq!(raw, stream);
+    }
+
+    #[test]
     fn pending_data_at_eof() {
         let mut s = EventSplitter::new();
         assert!(s.push(b"data: [DONE]").is_empty());
