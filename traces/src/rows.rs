@@ -254,7 +254,9 @@ pub struct ResultRow {
     pub intended_send_us: i64,
     /// When it was actually sent (request head written), UTC µs.
     pub actual_send_us: i64,
-    /// `actual_send_us - intended_send_us`.
+    /// How late the replayer's scheduler handed the request to its HTTP client:
+    /// hand-over time − `intended_send_us`. The connect or pool wait and the head write
+    /// that follow end at `actual_send_us`; they are request latency, not lateness.
     pub lateness_us: i64,
     /// Requests of this replayer in flight when this one was sent (itself included).
     pub in_flight_at_send: u32,
