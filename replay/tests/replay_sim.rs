@@ -84,8 +84,16 @@ fn results(out: &Path) -> Vec<ResultRow> {
 fn actual_rate(rows: &[ResultRow]) -> f64 {
     // Hand-over times (intended + lateness): what the schedule kept, before each
     // connection's own setup time.
-    let first = rows.iter().map(|r| r.intended_send_us + r.lateness_us).min().unwrap();
-    let last = rows.iter().map(|r| r.intended_send_us + r.lateness_us).max().unwrap();
+    let first = rows
+        .iter()
+        .map(|r| r.intended_send_us + r.lateness_us)
+        .min()
+        .unwrap();
+    let last = rows
+        .iter()
+        .map(|r| r.intended_send_us + r.lateness_us)
+        .max()
+        .unwrap();
     (rows.len() - 1) as f64 / ((last - first) as f64 / 1e6)
 }
 
