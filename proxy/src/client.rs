@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::{pin, Pin};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -115,7 +115,7 @@ pub(crate) struct UpstreamClient {
     /// `scheme://authority/` of the upstream, for the connector.
     target: Uri,
     /// Idle connections, oldest first; the newest is reused first.
-    idle: Mutex<VecDeque<Idle>>,
+    idle: Arc<Mutex<VecDeque<Idle>>>,
     idle_timeout: Duration,
     max_idle: usize,
 }
@@ -137,7 +137,7 @@ impl UpstreamClient {
         UpstreamClient {
             connector,
             target,
-            idle: Mutex::new(VecDeque::new()),
+            idle: Arc::new(Mutex::new(VecDeque::new())),
             idle_timeout,
             max_idle,
         }
@@ -169,6 +169,23 @@ impl UpstreamClient {
         }
         if idle.len() < self.max_idle {
             idle.push_back(Idle { conn, since: now });
+        }
+    }
+
+    /// Closes idle connections older than the idle timeout, once a second, until the
+    /// client is dropped: without traffic nothing else would release them.
+    pub(crate) fn reaper(&self) -> impl Future<Output = ()> + Send + 'static {
+        let idle: Weak<Mutex<VecDeque<Idle>>> = Arc::downgrade(&self.idle);
+        let idle_timeout = self.idle_timeout;
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(idle) = idle.upgrade() else { return };
+                let Ok(mut idle) = idle.lock() else { return };
+                let now = Instant::now();
+                idle.retain(|e| now.duration_since(e.since) < idle_timeout);
+            }
         }
     }
 

@@ -1,4 +1,4 @@
-//! The upstream connector for hyper-util's pooled client: TCP via `HttpConnector`
+//! The upstream connector of the proxy's HTTP/1.1 client (client.rs): TCP via `HttpConnector`
 //! (connect timeout, nodelay), then TLS with tokio-rustls for an https upstream.
 
 use std::future::Future;

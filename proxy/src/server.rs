@@ -137,6 +137,7 @@ pub async fn spawn(config: ProxyConfig) -> Result<ProxyHandle, ProxyError> {
     });
 
     let mut side_tasks = Vec::new();
+    side_tasks.push(tokio::spawn(shared.upstream.reaper()));
     if let Some(resolver) = resolver {
         side_tasks.push(tokio::spawn(watch_certificates(resolver)));
     }
