@@ -213,6 +213,8 @@ pub(crate) struct Agg {
     /// The last window looked up: [start, end) µs and its position (rows come in time
     /// order, so most lookups skip the division).
     last_window: (i64, i64, usize),
+    /// The last second counted: its start µs and position in `per_second`.
+    last_second: Option<(i64, usize)>,
     pub window_us: i64,
     /// Absolute index (time / window) of `windows[0]`.
     pub base: i64,
@@ -264,6 +266,7 @@ impl Agg {
             in_flight_c: RunCounts::default(),
             prompt_ttft_c: (0..PROMPT_BINS).map(|_| RunCounts::default()).collect(),
             last_window: (0, 0, 0),
+            last_second: None,
             window_us: window_us.max(1),
             base: 0,
             windows: Vec::new(),
@@ -366,6 +369,16 @@ impl Agg {
 
     #[inline]
     fn count_second(&mut self, t_us: i64) {
+        // Rows come in time order: most fall in the second of the row before.
+        if let Some((lo, pos)) = self.last_second {
+            if t_us
+                .checked_sub(lo)
+                .is_some_and(|d| (0..1_000_000).contains(&d))
+            {
+                self.per_second[pos] += 1;
+                return;
+            }
+        }
         let sec = t_us.div_euclid(1_000_000);
         if self.per_second.is_empty() {
             self.sec_base = sec;
@@ -382,6 +395,7 @@ impl Agg {
             self.per_second.resize(pos + 1, 0);
         }
         self.per_second[pos] += 1;
+        self.last_second = sec.checked_mul(1_000_000).map(|lo| (lo, pos));
     }
 
     /// Adds one result row.
@@ -748,10 +762,70 @@ mod tests {
             });
         }
         assert_eq!(agg.windows.len(), 11);
+        assert_eq!(agg.per_second.iter().filter(|&&c| c > 0).count(), 3);
         assert_eq!(agg.base, 0);
         assert_eq!(agg.windows[2].requests, 1);
         assert_eq!(agg.windows[10].requests, 1);
         assert_eq!(agg.requests, 3);
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The cached window and second lookups give what the division gives, whatever the
+    /// order of the rows (back and forth across window, second and sign boundaries).
+    #[test]
+    fn cached_lookups_match_division_in_any_order() {
+        let window_us = 7_000_000;
+        let mut agg = Agg::new(window_us);
+        let lvl = agg.level(None, 1.0);
+        let mut times = Vec::new();
+        let mut x = 12345u64;
+        for _ in 0..5_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            // Mostly forward in small steps, sometimes a jump back or across zero.
+            let t = match x >> 60 {
+                0 => -((x >> 20) as i64 % 50_000_000),
+                1 => (x >> 20) as i64 % 90_000_000,
+                _ => times.last().copied().unwrap_or(0) + (x >> 40) as i64 % 400_000,
+            };
+            times.push(t);
+            agg.push(&Rec {
+                intended_send_us: t,
+                level: lvl,
+                ttft_us: Some(1000),
+                ..Rec::default()
+            });
+        }
+        let mut per_window = BTreeMap::new();
+        let mut per_second = BTreeMap::new();
+        for &t in &times {
+            *per_window.entry(t.div_euclid(window_us)).or_insert(0u64) += 1;
+            *per_second.entry(t.div_euclid(1_000_000)).or_insert(0u32) += 1;
+        }
+        for (idx, n) in per_window {
+            assert_eq!(
+                agg.windows[(idx - agg.base) as usize].requests,
+                n,
+                "window {idx}"
+            );
+        }
+        for (sec, n) in per_second {
+            assert_eq!(
+                agg.per_second[(sec - agg.sec_base) as usize],
+                n,
+                "second {sec}"
+            );
+        }
+        assert_eq!(
+            agg.per_second.iter().map(|&c| u64::from(c)).sum::<u64>(),
+            5_000
+        );
     }
 }
 

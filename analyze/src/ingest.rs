@@ -9,7 +9,10 @@ use arrow_array::types::{
     Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type,
     UInt64Type, UInt8Type,
 };
-use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_array::{
+    Array, ArrayRef, ArrowPrimitiveType, Float64Array, Int64Array, PrimitiveArray, RecordBatch,
+    UInt32Array, UInt64Array,
+};
 use arrow_schema::DataType;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
@@ -417,69 +420,90 @@ pub(crate) fn plan_results(path: &Path) -> Result<Vec<ResultsPart>, AnalyzeError
     Ok(parts)
 }
 
-/// Column buffers of one batch in plain form, reused from batch to batch: the row loop
-/// then reads slices instead of matching on each column's type for every value.
-#[derive(Debug, Default)]
-struct Cols {
-    intended: Vec<Option<i64>>,
-    lateness: Vec<Option<i64>>,
-    in_flight: Vec<Option<u32>>,
-    prompt: Vec<Option<u32>>,
-    output: Vec<Option<u32>>,
-    ttft: Vec<Option<u64>>,
-    e2e: Vec<Option<u64>>,
-    tpot: Vec<Option<f64>>,
-    itl_count: Vec<Option<u32>>,
-    itl_p50: Vec<Option<u64>>,
-    load_level: Vec<Option<f64>>,
-}
-
-/// Fills `out` with a primitive column's values (`None` for nulls).
-fn fill_native<T: arrow_array::ArrowPrimitiveType>(
-    a: &arrow_array::PrimitiveArray<T>,
-    out: &mut Vec<Option<T::Native>>,
-) {
-    out.clear();
-    if a.null_count() == 0 {
-        out.extend(a.values().iter().map(|&v| Some(v)));
-    } else {
-        out.extend(a.iter());
+/// A numeric column as one Arrow type: the batch's own array when it already has that
+/// type (a cheap reference-counted clone), else a converted copy. The row loop then reads
+/// plain slices instead of matching on the column's type for every value.
+fn typed<T: ArrowPrimitiveType>(
+    n: usize,
+    native: Option<&PrimitiveArray<T>>,
+    get: impl Fn(usize) -> Option<T::Native>,
+) -> PrimitiveArray<T> {
+    match native {
+        Some(a) => a.clone(),
+        None => (0..n).map(get).collect(),
     }
 }
 
-/// Fills `out` with `n` values converted by `get` (the generic, per-value path).
-fn fill_with<T>(n: usize, out: &mut Vec<Option<T>>, get: impl Fn(usize) -> Option<T>) {
-    out.clear();
-    out.extend((0..n).map(get));
+/// Values and validity of a typed column.
+struct View<'a, T: ArrowPrimitiveType> {
+    values: &'a [T::Native],
+    array: &'a PrimitiveArray<T>,
+    has_nulls: bool,
+}
+
+impl<'a, T: ArrowPrimitiveType> View<'a, T> {
+    fn of(a: &'a PrimitiveArray<T>) -> View<'a, T> {
+        View {
+            values: a.values(),
+            array: a,
+            // A null buffer without nulls is skipped: one branch less per value.
+            has_nulls: a.null_count() > 0,
+        }
+    }
+
+    #[inline(always)]
+    fn get(&self, i: usize) -> Option<T::Native> {
+        if self.has_nulls && self.array.is_null(i) {
+            None
+        } else {
+            Some(self.values[i])
+        }
+    }
 }
 
 impl<'a> Num<'a> {
-    fn fill_i64(&self, n: usize, out: &mut Vec<Option<i64>>) {
-        match self {
-            Num::I64(a) => fill_native(*a, out),
-            _ => fill_with(n, out, |i| self.i64(i)),
-        }
+    fn as_i64(&self, n: usize) -> Int64Array {
+        let native = match self {
+            Num::I64(a) => Some(*a),
+            _ => None,
+        };
+        typed(n, native, |i| self.i64(i))
     }
 
-    fn fill_u64(&self, n: usize, out: &mut Vec<Option<u64>>) {
-        match self {
-            Num::U64(a) => fill_native(*a, out),
-            _ => fill_with(n, out, |i| self.u64(i)),
-        }
+    fn as_u64(&self, n: usize) -> UInt64Array {
+        let native = match self {
+            Num::U64(a) => Some(*a),
+            _ => None,
+        };
+        typed(n, native, |i| self.u64(i))
     }
 
-    fn fill_u32(&self, n: usize, out: &mut Vec<Option<u32>>) {
-        match self {
-            Num::U32(a) => fill_native(*a, out),
-            _ => fill_with(n, out, |i| self.u32(i)),
-        }
+    fn as_u32(&self, n: usize) -> UInt32Array {
+        let native = match self {
+            Num::U32(a) => Some(*a),
+            _ => None,
+        };
+        typed(n, native, |i| self.u32(i))
     }
 
-    fn fill_f64(&self, n: usize, out: &mut Vec<Option<f64>>) {
-        match self {
-            Num::F64(a) => fill_native(*a, out),
-            _ => fill_with(n, out, |i| self.f64(i)),
-        }
+    fn as_f64(&self, n: usize) -> Float64Array {
+        let native = match self {
+            Num::F64(a) => Some(*a),
+            _ => None,
+        };
+        typed(n, native, |i| self.f64(i))
+    }
+}
+
+/// A lateness in the target's clock converted to the client's real clock (what
+/// `(us as f64 / speedup) as i64` gives, without the division when it changes nothing).
+#[inline]
+fn real_clock(us: i64, clock_speedup: f64) -> i64 {
+    // Below 2^53 an i64 round-trips through f64 exactly, and x / 1.0 == x.
+    if clock_speedup == 1.0 && us.unsigned_abs() < 1 << 53 {
+        us
+    } else {
+        (us as f64 / clock_speedup) as i64
     }
 }
 
@@ -515,7 +539,6 @@ pub(crate) fn read_results_part(
         .map_err(|e| bad(path, e))?;
     let clock_speedup = part.clock_speedup;
     let [_, _, _, _, _, _, _, ttft_name, e2e_name, ..] = result_columns(basis);
-    let mut cols = Cols::default();
     let mut rows = 0u64;
     let mut base_row = part.first_row;
     for batch in reader {
@@ -524,27 +547,45 @@ pub(crate) fn read_results_part(
             return Err(bad(path, "missing column `intended_send_us`"));
         }
         let n = batch.num_rows();
-        Num::of(&batch, "intended_send_us", path)?.fill_i64(n, &mut cols.intended);
-        Num::of(&batch, "lateness_us", path)?.fill_i64(n, &mut cols.lateness);
-        Num::of(&batch, "in_flight_at_send", path)?.fill_u32(n, &mut cols.in_flight);
-        Num::of(&batch, "prompt_tokens", path)?.fill_u32(n, &mut cols.prompt);
-        Num::of(&batch, "output_tokens", path)?.fill_u32(n, &mut cols.output);
-        Num::of(&batch, ttft_name, path)?.fill_u64(n, &mut cols.ttft);
-        Num::of(&batch, e2e_name, path)?.fill_u64(n, &mut cols.e2e);
-        Num::of(&batch, "tpot_us", path)?.fill_f64(n, &mut cols.tpot);
-        Num::of(&batch, "itl_count", path)?.fill_u32(n, &mut cols.itl_count);
-        Num::of(&batch, "itl_p50_us", path)?.fill_u64(n, &mut cols.itl_p50);
-        Num::of(&batch, "load_level", path)?.fill_f64(n, &mut cols.load_level);
+        let intended = Num::of(&batch, "intended_send_us", path)?.as_i64(n);
+        let lateness = Num::of(&batch, "lateness_us", path)?.as_i64(n);
+        let in_flight = Num::of(&batch, "in_flight_at_send", path)?.as_u32(n);
+        let prompt = Num::of(&batch, "prompt_tokens", path)?.as_u32(n);
+        let output = Num::of(&batch, "output_tokens", path)?.as_u32(n);
+        let ttft = Num::of(&batch, ttft_name, path)?.as_u64(n);
+        let e2e = Num::of(&batch, e2e_name, path)?.as_u64(n);
+        let tpot = Num::of(&batch, "tpot_us", path)?.as_f64(n);
+        let itl_count = Num::of(&batch, "itl_count", path)?.as_u32(n);
+        let itl_p50 = Num::of(&batch, "itl_p50_us", path)?.as_u64(n);
+        let load_level = Num::of(&batch, "load_level", path)?.as_f64(n);
+        let (intended, lateness, in_flight, prompt, output) = (
+            View::of(&intended),
+            View::of(&lateness),
+            View::of(&in_flight),
+            View::of(&prompt),
+            View::of(&output),
+        );
+        let (ttft, e2e, tpot, itl_count, itl_p50, load_level) = (
+            View::of(&ttft),
+            View::of(&e2e),
+            View::of(&tpot),
+            View::of(&itl_count),
+            View::of(&itl_p50),
+            View::of(&load_level),
+        );
         let error_kind = Str::of(&batch, "error_kind", path)?;
         let error_message = Str::of(&batch, "error_message", path)?;
         let no_errors = all_null(&batch, "error_kind");
+        // Most rows have no error: test the validity bit before looking at any string.
+        let error_nulls = batch
+            .column_by_name("error_kind")
+            .and_then(|c| c.logical_nulls());
         let phase = Str::of(&batch, "phase", path)?;
         let no_phase = all_null(&batch, "phase");
         let mut last_key: Option<(Option<&str>, u64)> = None;
         let mut level = 0usize;
-        let c = &cols;
         for i in 0..n {
-            let Some(t) = c.intended[i] else {
+            let Some(t) = intended.get(i) else {
                 return Err(AnalyzeError::BadRow {
                     path: path.to_path_buf(),
                     row: base_row + i as u64 + 1,
@@ -553,13 +594,14 @@ pub(crate) fn read_results_part(
                 });
             };
             let ph = if no_phase { None } else { phase.get(i) };
-            let ll = c.load_level[i].unwrap_or(1.0);
+            let ll = load_level.get(i).unwrap_or(1.0);
             let key = (ph, ll.to_bits());
             if last_key != Some(key) {
                 level = agg.level(ph, ll);
                 last_key = Some(key);
             }
-            let error = match if no_errors { None } else { error_kind.get(i) } {
+            let maybe_error = !no_errors && error_nulls.as_ref().is_none_or(|n| n.is_valid(i));
+            let error = match if maybe_error { error_kind.get(i) } else { None } {
                 None => None,
                 Some(s) => Some(ErrorKind::parse(s).ok_or_else(|| AnalyzeError::BadRow {
                     path: path.to_path_buf(),
@@ -575,17 +617,17 @@ pub(crate) fn read_results_part(
             };
             agg.push(&Rec {
                 intended_send_us: t,
-                lateness_us: (c.lateness[i].unwrap_or(0) as f64 / clock_speedup) as i64,
-                in_flight_at_send: c.in_flight[i].unwrap_or(0),
-                prompt_tokens: c.prompt[i].unwrap_or(0),
-                output_tokens: c.output[i],
+                lateness_us: real_clock(lateness.get(i).unwrap_or(0), clock_speedup),
+                in_flight_at_send: in_flight.get(i).unwrap_or(0),
+                prompt_tokens: prompt.get(i).unwrap_or(0),
+                output_tokens: output.get(i),
                 error,
                 client_side_error,
-                ttft_us: c.ttft[i],
-                e2e_us: c.e2e[i],
-                tpot_us: c.tpot[i],
-                itl_p50_us: c.itl_p50[i],
-                itl_count: c.itl_count[i].unwrap_or(0),
+                ttft_us: ttft.get(i),
+                e2e_us: e2e.get(i),
+                tpot_us: tpot.get(i),
+                itl_p50_us: itl_p50.get(i),
+                itl_count: itl_count.get(i).unwrap_or(0),
                 level,
             });
         }
