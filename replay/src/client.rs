@@ -24,8 +24,8 @@ pub(crate) type HttpClient = Client<Connector, Full<Bytes>>;
 
 /// A plain or TLS connection over a time-stamped TCP stream.
 pub(crate) enum Conn {
-    Plain(TokioIo<Stamped<TcpStream>>),
-    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<Stamped<TcpStream>>>>),
+    Plain(TokioIo<Stamped>),
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<Stamped>>>),
 }
 
 /// When a connection last wrote a request and read response bytes, taken at the socket
@@ -58,12 +58,12 @@ impl WireStamps {
         }
     }
 
-    fn read_bytes(&self) {
-        let now = Instant::now();
+    /// A read returned bytes that reached the socket at `at`.
+    fn read_bytes(&self, at: Instant) {
         let mut s = self.lock();
         s.writing = false;
         if s.read.is_none() {
-            s.read = Some(now);
+            s.read = Some(at);
         }
     }
 
@@ -81,13 +81,27 @@ impl WireStamps {
     }
 }
 
-/// A tokio stream that stamps its reads and writes into [`WireStamps`].
-pub(crate) struct Stamped<T> {
-    inner: T,
+/// A TCP stream that stamps its reads and writes into [`WireStamps`]. Reads are timed by
+/// the kernel's receive time of their bytes ([`kernel_rx::KernelRx`]) where it gives one,
+/// so a frame is timed when it reached this host, however late this process reads it.
+pub(crate) struct Stamped {
+    inner: TcpStream,
+    rx: kernel_rx::KernelRx,
     stamps: WireStamps,
 }
 
-impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Stamped<T> {
+impl Stamped {
+    fn new(inner: TcpStream) -> Stamped {
+        let rx = kernel_rx::KernelRx::new(&inner);
+        Stamped {
+            inner,
+            rx,
+            stamps: WireStamps::default(),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Stamped {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -95,15 +109,18 @@ impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Stamped<T> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.stamps.read_bytes();
+        let poll = this.rx.poll_read(&mut this.inner, cx, buf);
+        if let Poll::Ready(Ok(at)) = poll {
+            if buf.filled().len() > before {
+                this.stamps.read_bytes(at);
+            }
+            return Poll::Ready(Ok(()));
         }
-        poll
+        poll.map_ok(|_| ())
     }
 }
 
-impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Stamped<T> {
+impl tokio::io::AsyncWrite for Stamped {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -224,10 +241,7 @@ impl tower_service::Service<Uri> for Connector {
         let connecting = tower_service::Service::<Uri>::call(&mut self.http, uri);
         let tls = self.tls.clone();
         Box::pin(async move {
-            let tcp = Stamped {
-                inner: connecting.await?.into_inner(),
-                stamps: WireStamps::default(),
-            };
+            let tcp = Stamped::new(connecting.await?.into_inner());
             if !https {
                 return Ok(Conn::Plain(TokioIo::new(tcp)));
             }
@@ -317,4 +331,170 @@ pub(crate) fn describe(err: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Kernel receive times of socket reads: `SO_TIMESTAMPNS` on the socket and `recvmsg` for
+/// its `SCM_TIMESTAMPNS` control message, which carries when the read's (last) bytes
+/// reached the socket (`CLOCK_REALTIME`). Elsewhere, or when the kernel attaches no
+/// stamp, a read is timed when it returns.
+mod kernel_rx {
+    use std::io;
+    use std::task::{ready, Context, Poll};
+
+    use tokio::io::ReadBuf;
+    use tokio::net::TcpStream;
+    use tokio::time::Instant;
+
+    pub(crate) struct KernelRx {
+        /// The wall clock and the monotonic clock read together, to turn the kernel's
+        /// wall-clock stamps into `Instant`s (sampled once per connection).
+        #[cfg(target_os = "linux")]
+        wall_at: std::time::SystemTime,
+        #[cfg(target_os = "linux")]
+        mono_at: Instant,
+        /// Room for one `SCM_TIMESTAMPNS`; `None` when the option could not be set.
+        #[cfg(target_os = "linux")]
+        cmsg: Option<Vec<u8>>,
+    }
+
+    impl KernelRx {
+        #[cfg(target_os = "linux")]
+        pub(crate) fn new(stream: &TcpStream) -> KernelRx {
+            use nix::sys::socket::{setsockopt, sockopt};
+            let on = setsockopt(stream, sockopt::ReceiveTimestampns, &true).is_ok();
+            KernelRx {
+                wall_at: std::time::SystemTime::now(),
+                mono_at: Instant::now(),
+                cmsg: on.then(|| nix::cmsg_space!(nix::sys::time::TimeSpec)),
+            }
+        }
+
+        #[cfg(not(target_os = "linux"))]
+        pub(crate) fn new(_stream: &TcpStream) -> KernelRx {
+            KernelRx {}
+        }
+
+        /// Reads into `buf`; returns when the bytes reached the socket (never later than
+        /// now).
+        #[cfg(target_os = "linux")]
+        pub(crate) fn poll_read(
+            &mut self,
+            stream: &mut TcpStream,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<Instant>> {
+            use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+            use std::os::fd::AsRawFd;
+            let Some(cmsg) = self.cmsg.as_mut() else {
+                let poll = tokio::io::AsyncRead::poll_read(std::pin::Pin::new(stream), cx, buf);
+                return poll.map_ok(|()| Instant::now());
+            };
+            loop {
+                ready!(stream.poll_read_ready(cx))?;
+                let dst = buf.initialize_unfilled();
+                let fd = stream.as_raw_fd();
+                let got = stream.try_io(tokio::io::Interest::READABLE, || {
+                    let mut iov = [io::IoSliceMut::new(dst)];
+                    let msg =
+                        recvmsg::<()>(fd, &mut iov, Some(cmsg.as_mut_slice()), MsgFlags::empty())
+                            .map_err(io::Error::from)?;
+                    let mut at = None;
+                    if let Ok(cmsgs) = msg.cmsgs() {
+                        for c in cmsgs {
+                            if let ControlMessageOwned::ScmTimestampns(ts) = c {
+                                at = Some(ts);
+                            }
+                        }
+                    }
+                    Ok((msg.bytes, at))
+                });
+                match got {
+                    Ok((n, at)) => {
+                        buf.advance(n);
+                        let now = Instant::now();
+                        return Poll::Ready(Ok(at.map_or(now, |ts| self.instant(ts).min(now))));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+        }
+
+        #[cfg(not(target_os = "linux"))]
+        pub(crate) fn poll_read(
+            &mut self,
+            stream: &mut TcpStream,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<Instant>> {
+            let poll = tokio::io::AsyncRead::poll_read(std::pin::Pin::new(stream), cx, buf);
+            poll.map_ok(|()| Instant::now())
+        }
+
+        /// The monotonic instant of a kernel wall-clock stamp.
+        #[cfg(target_os = "linux")]
+        fn instant(&self, ts: nix::sys::time::TimeSpec) -> Instant {
+            let since_epoch = std::time::Duration::new(
+                ts.tv_sec().max(0) as u64,
+                ts.tv_nsec().clamp(0, 999_999_999) as u32,
+            );
+            let wall = std::time::UNIX_EPOCH + since_epoch;
+            match wall.duration_since(self.wall_at) {
+                Ok(after) => self.mono_at + after,
+                Err(before) => self
+                    .mono_at
+                    .checked_sub(before.duration())
+                    .unwrap_or(self.mono_at),
+            }
+        }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Bytes that sit in the socket buffer while the process is busy are timed when they
+    /// arrived, not when they are read.
+    #[tokio::test]
+    async fn reads_are_timed_when_the_bytes_reached_the_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let mut stamped = Stamped::new(client);
+        let stamps = stamped.stamps.clone();
+        for round in 0..3 {
+            let sent = Instant::now();
+            server.write_all(b"data: token\n\n").await.unwrap();
+            // The "busy" client: reads long after the bytes came.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut buf = [0u8; 64];
+            let n = stamped.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"data: token\n\n");
+            let read_done = Instant::now();
+            let at = stamps.take_read().expect("the read was stamped");
+            assert!(
+                at + Duration::from_millis(5) >= sent,
+                "round {round}: stamped {:?} before the write",
+                sent - at
+            );
+            assert!(
+                at < sent + Duration::from_millis(150),
+                "round {round}: stamped {:?} after the write, {:?} before the read returned: \
+                 the read's time, not the bytes' arrival",
+                at - sent,
+                read_done - at
+            );
+            assert!(stamps.take_read().is_none(), "one read, one stamp");
+        }
+        // End of stream still reads as such through the wrapper.
+        drop(server);
+        let mut buf = [0u8; 8];
+        assert_eq!(stamped.read(&mut buf).await.unwrap(), 0);
+    }
 }

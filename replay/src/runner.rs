@@ -1106,8 +1106,9 @@ async fn send_prepared(
 
 /// Sends `request` and observes its response. Times are the connection's socket stamps
 /// ([`client::WireStamps`]): the send is when the head began to be written, and each body
-/// frame is timed by the read that brought its first bytes, so the work this task does and
-/// the time it waits to be scheduled behind other streams' tasks are not counted.
+/// frame is timed by the read that brought its first bytes, at the kernel's receive time of
+/// those bytes (Linux), so the work this task does, the time it waits to be scheduled behind
+/// other streams' tasks and the time the bytes wait in the socket are not counted.
 async fn exchange(
     client: &HttpClient,
     request: Request<Full<Bytes>>,
