@@ -61,6 +61,9 @@ pub(crate) struct NewRequest {
     pub(crate) request_id: String,
     pub(crate) endpoint: &'static str,
     pub(crate) arrival_us: i64,
+    /// When the HTTP handler started on the request (`arrival_us` is when its head reached
+    /// the socket).
+    pub(crate) handler_us: i64,
     pub(crate) prompt_tokens: u32,
     /// Chained hashes of the prompt's full KV blocks (empty without prefix caching).
     pub(crate) prefix_hashes: Vec<u64>,
@@ -117,6 +120,7 @@ pub(crate) struct TruthRow {
     pub(crate) request_id: String,
     pub(crate) endpoint: &'static str,
     pub(crate) arrival_us: i64,
+    pub(crate) handler_us: i64,
     pub(crate) admitted_us: Option<i64>,
     /// When the engine emitted the first token (the end of the step that made it).
     pub(crate) first_token_us: Option<i64>,
@@ -494,6 +498,7 @@ impl Scheduler {
             request_id: std::mem::take(&mut seq.req.request_id),
             endpoint: seq.req.endpoint,
             arrival_us: seq.req.arrival_us,
+            handler_us: seq.req.handler_us,
             admitted_us: seq.admitted_us,
             first_token_us: seq.first_token_us,
             sent: seq.req.sent.take(),
@@ -649,6 +654,7 @@ mod tests {
                 request_id: id.to_string(),
                 endpoint: "completions",
                 arrival_us: 0,
+                handler_us: 0,
                 prompt_tokens: prompt,
                 prefix_hashes,
                 max_tokens,

@@ -203,9 +203,15 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: onesh
         };
         let _ = stream.set_nodelay(true);
         let shared = Arc::clone(&shared);
+        let stream = kernel_rx::Stamped::new(stream);
+        let last_read = stream.last_read();
         let service = hyper::service::service_fn(move |req| {
             let shared = Arc::clone(&shared);
-            async move { Ok::<_, Infallible>(handle(shared, req).await) }
+            // Read as hyper hands over the head, before it reads on into the body: the read
+            // that completed the head (HTTP/1.1 serves one request at a time; with h2 it is
+            // the connection's latest read).
+            let head_read = last_read.get();
+            async move { Ok::<_, Infallible>(handle(shared, req, head_read).await) }
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let conn = graceful.watch(conn.into_owned());
@@ -616,7 +622,12 @@ fn bad_request(message: &str, param: Option<&'static str>) -> ApiError {
     }
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<SimBody> {
+/// `head_read`: when the bytes that completed the request head reached the socket.
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    head_read: Option<Instant>,
+) -> Response<SimBody> {
     let request_id = req
         .headers()
         .get("x-request-id")
@@ -654,10 +665,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<SimBody
             Err(e) => e.response(),
         },
         (&Method::POST, "/v1/completions") => {
-            generate(&shared, req, false, request_id.clone()).await
+            generate(&shared, req, false, request_id.clone(), head_read).await
         }
         (&Method::POST, "/v1/chat/completions") => {
-            generate(&shared, req, true, request_id.clone()).await
+            generate(&shared, req, true, request_id.clone(), head_read).await
         }
         (
             _,
@@ -820,8 +831,12 @@ async fn generate(
     req: Request<Incoming>,
     chat: bool,
     request_id: Option<String>,
+    head_read: Option<Instant>,
 ) -> Response<SimBody> {
-    let arrival_us = shared.clock.now_us();
+    // Arrival is when the request reached the server's socket, as a server with a core of
+    // its own would see it: the time it then waits for this busy process is server latency.
+    let handler_us = shared.clock.now_us();
+    let arrival_us = head_read.map_or(handler_us, |at| shared.clock.at_us(at).min(handler_us));
     let counter = shared.request_counter.fetch_add(1, Ordering::Relaxed);
     let config = &shared.config;
     let parsed = async {
@@ -898,6 +913,7 @@ async fn generate(
             request_id,
             endpoint,
             arrival_us,
+            handler_us,
             admitted_us: None,
             first_token_us: None,
             sent: None,
@@ -947,6 +963,7 @@ async fn generate(
             request_id: request_id.clone(),
             endpoint,
             arrival_us,
+            handler_us,
             prompt_tokens,
             prefix_hashes,
             max_tokens,
@@ -1053,7 +1070,213 @@ fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(4096)
+    let listener = socket.listen(4096)?;
+    // Accepted sockets inherit the option, so a request that arrives before its connection
+    // is accepted is stamped too.
+    kernel_rx::enable(&listener);
+    Ok(listener)
+}
+
+/// Kernel receive times of the connection's reads: `SO_TIMESTAMPNS` on the socket and
+/// `recvmsg` for its `SCM_TIMESTAMPNS` control message, which carries when the read's (last)
+/// bytes reached the socket (`CLOCK_REALTIME`). Elsewhere, or when the kernel attaches no
+/// stamp, a read is timed when it returns. (replay's client has its own copy: the crates
+/// share only `retrace-traces`, which has no tokio.)
+mod kernel_rx {
+    use std::io;
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{ready, Context, Poll};
+
+    use tokio::io::ReadBuf;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::time::Instant;
+
+    /// Turns the option on for a listener (best effort): its accepted sockets inherit it.
+    pub(crate) fn enable(listener: &TcpListener) {
+        #[cfg(target_os = "linux")]
+        {
+            use nix::sys::socket::{setsockopt, sockopt};
+            if let Err(e) = setsockopt(listener, sockopt::ReceiveTimestampns, &true) {
+                tracing::debug!("SO_TIMESTAMPNS unavailable ({e}): arrivals timed by the reads");
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = listener;
+    }
+
+    /// When the connection's latest read's bytes reached the socket.
+    #[derive(Clone, Default)]
+    pub(crate) struct LastRead(Arc<Mutex<Option<Instant>>>);
+
+    impl LastRead {
+        pub(crate) fn get(&self) -> Option<Instant> {
+            *self.0.lock().unwrap_or_else(|p| p.into_inner())
+        }
+        fn set(&self, at: Instant) {
+            *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
+        }
+    }
+
+    /// A TCP stream whose reads are stamped into a [`LastRead`].
+    pub(crate) struct Stamped {
+        inner: TcpStream,
+        last: LastRead,
+        /// The wall clock and the monotonic clock read together, to turn the kernel's
+        /// wall-clock stamps into `Instant`s (sampled once per connection).
+        #[cfg(target_os = "linux")]
+        wall_at: std::time::SystemTime,
+        #[cfg(target_os = "linux")]
+        mono_at: Instant,
+        /// Room for one `SCM_TIMESTAMPNS`; `None` when the option could not be set.
+        #[cfg(target_os = "linux")]
+        cmsg: Option<Vec<u8>>,
+    }
+
+    impl Stamped {
+        pub(crate) fn new(inner: TcpStream) -> Stamped {
+            #[cfg(target_os = "linux")]
+            {
+                use nix::sys::socket::{setsockopt, sockopt};
+                let on = setsockopt(&inner, sockopt::ReceiveTimestampns, &true).is_ok();
+                Stamped {
+                    inner,
+                    last: LastRead::default(),
+                    wall_at: std::time::SystemTime::now(),
+                    mono_at: Instant::now(),
+                    cmsg: on.then(|| nix::cmsg_space!(nix::sys::time::TimeSpec)),
+                }
+            }
+            #[cfg(not(target_os = "linux"))]
+            Stamped {
+                inner,
+                last: LastRead::default(),
+            }
+        }
+
+        pub(crate) fn last_read(&self) -> LastRead {
+            self.last.clone()
+        }
+
+        /// Reads into `buf`; returns when the bytes reached the socket (never later than now).
+        #[cfg(target_os = "linux")]
+        fn read_stamped(
+            &mut self,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<Instant>> {
+            use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+            use std::os::fd::AsRawFd;
+            let Some(cmsg) = self.cmsg.as_mut() else {
+                let poll = tokio::io::AsyncRead::poll_read(Pin::new(&mut self.inner), cx, buf);
+                return poll.map_ok(|()| Instant::now());
+            };
+            loop {
+                ready!(self.inner.poll_read_ready(cx))?;
+                let dst = buf.initialize_unfilled();
+                let fd = self.inner.as_raw_fd();
+                let got = self.inner.try_io(tokio::io::Interest::READABLE, || {
+                    let mut iov = [io::IoSliceMut::new(dst)];
+                    let msg =
+                        recvmsg::<()>(fd, &mut iov, Some(cmsg.as_mut_slice()), MsgFlags::empty())
+                            .map_err(io::Error::from)?;
+                    let mut at = None;
+                    if let Ok(cmsgs) = msg.cmsgs() {
+                        for c in cmsgs {
+                            if let ControlMessageOwned::ScmTimestampns(ts) = c {
+                                at = Some(ts);
+                            }
+                        }
+                    }
+                    Ok((msg.bytes, at))
+                });
+                match got {
+                    Ok((n, at)) => {
+                        buf.advance(n);
+                        let now = Instant::now();
+                        return Poll::Ready(Ok(at.map_or(now, |ts| self.instant(ts).min(now))));
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                        ) =>
+                    {
+                        continue
+                    }
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+        }
+
+        #[cfg(not(target_os = "linux"))]
+        fn read_stamped(
+            &mut self,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<Instant>> {
+            let poll = tokio::io::AsyncRead::poll_read(Pin::new(&mut self.inner), cx, buf);
+            poll.map_ok(|()| Instant::now())
+        }
+
+        /// The monotonic instant of a kernel wall-clock stamp.
+        #[cfg(target_os = "linux")]
+        fn instant(&self, ts: nix::sys::time::TimeSpec) -> Instant {
+            let since_epoch = std::time::Duration::new(
+                ts.tv_sec().max(0) as u64,
+                ts.tv_nsec().clamp(0, 999_999_999) as u32,
+            );
+            match (std::time::UNIX_EPOCH + since_epoch).duration_since(self.wall_at) {
+                Ok(after) => self.mono_at + after,
+                Err(before) => self
+                    .mono_at
+                    .checked_sub(before.duration())
+                    .unwrap_or(self.mono_at),
+            }
+        }
+    }
+
+    impl tokio::io::AsyncRead for Stamped {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            let before = buf.filled().len();
+            let at = ready!(this.read_stamped(cx, buf))?;
+            if buf.filled().len() > before {
+                this.last.set(at);
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Stamped {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        }
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        }
+        fn is_write_vectored(&self) -> bool {
+            self.inner.is_write_vectored()
+        }
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1117,6 +1340,7 @@ mod tests {
                     request_id: id.to_string(),
                     endpoint: "completions",
                     arrival_us: start_us,
+                    handler_us: start_us,
                     prompt_tokens: 50,
                     prefix_hashes: Vec::new(),
                     max_tokens: 20,

@@ -22,6 +22,7 @@ pub(crate) fn schema() -> SchemaRef {
         f("request_id", DataType::Utf8, false),
         f("endpoint", DataType::Utf8, false),
         f("arrival_us", DataType::Int64, false),
+        f("handler_us", DataType::Int64, false),
         f("admitted_us", DataType::Int64, true),
         f("first_token_us", DataType::Int64, true),
         f("engine_first_token_us", DataType::Int64, true),
@@ -141,6 +142,7 @@ fn to_batch(rows: &[TruthRow]) -> Result<RecordBatch, arrow_schema::ArrowError> 
     let mut request_id = StringBuilder::with_capacity(n, n * 16);
     let mut endpoint = StringBuilder::with_capacity(n, n * 8);
     let mut arrival = Int64Builder::with_capacity(n);
+    let mut handler = Int64Builder::with_capacity(n);
     let mut admitted = Int64Builder::with_capacity(n);
     let mut first = Int64Builder::with_capacity(n);
     let mut engine_first = Int64Builder::with_capacity(n);
@@ -157,7 +159,10 @@ fn to_batch(rows: &[TruthRow]) -> Result<RecordBatch, arrow_schema::ArrowError> 
     for r in rows {
         request_id.append_value(&r.request_id);
         endpoint.append_value(r.endpoint);
+        // When the request's head reached the socket (kernel receive time where there is
+        // one); handler_us is when the sim got around to handling it.
         arrival.append_value(r.arrival_us);
+        handler.append_value(r.handler_us);
         admitted.append_option(r.admitted_us);
         // Streamed: when the first token's bytes went to the connection (none if they never
         // did). Otherwise the engine's time: a whole body has no first-token moment on the wire.
@@ -181,6 +186,7 @@ fn to_batch(rows: &[TruthRow]) -> Result<RecordBatch, arrow_schema::ArrowError> 
         Arc::new(request_id.finish()),
         Arc::new(endpoint.finish()),
         Arc::new(arrival.finish()),
+        Arc::new(handler.finish()),
         Arc::new(admitted.finish()),
         Arc::new(first.finish()),
         Arc::new(engine_first.finish()),

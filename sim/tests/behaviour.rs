@@ -365,3 +365,121 @@ async fn injected_errors_resets_and_stalls() {
         "stall visible in ITL max: {itl_max_us}"
     );
 }
+
+fn wall_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+/// A request that waits in the socket while the sim's one thread is busy arrived when it
+/// reached the socket (`arrival_us`), not when the sim got around to it (`handler_us`): the
+/// wait is server latency, in the truth's TTFT as a client sees it. Both on a fresh
+/// connection (bytes there before the accept) and on a kept-alive one.
+#[cfg(target_os = "linux")]
+#[test]
+fn truth_arrival_is_when_the_request_reached_the_socket_not_when_the_busy_sim_read_it() {
+    const BUSY: Duration = Duration::from_millis(600);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("truth.parquet");
+    // The sim on a runtime of its own, with one thread that the test can keep busy.
+    let sim_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sim_handle = sim_rt.handle().clone();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let config = SimConfig {
+        speedup: 1.0,
+        cost: CostModel::ZERO,
+        truth_path: Some(path.clone()),
+        ..SimConfig::default()
+    };
+    let sim_thread = std::thread::spawn(move || {
+        sim_rt.block_on(async move {
+            let sim = start(config).await;
+            addr_tx.send(sim.base_url()).unwrap();
+            let _ = stop_rx.await;
+            sim.shutdown().await.unwrap()
+        })
+    });
+    let url = format!("{}/v1/completions", addr_rx.recv().unwrap());
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let c = client();
+    let mut sent = Vec::new();
+    for round in 0..2 {
+        let (busy_tx, busy_rx) = std::sync::mpsc::channel();
+        sim_handle.spawn(async move {
+            busy_tx.send(()).unwrap();
+            std::thread::sleep(BUSY);
+        });
+        busy_rx.recv().unwrap();
+        let id = format!("busy{round}");
+        let body =
+            json!({"prompt": prompt_of(20), "max_tokens": 3, "stream": true, "ignore_eos": true})
+                .to_string();
+        let sent_us = wall_us();
+        let s = client_rt.block_on(stream(&c, &url, &body, &[("x-request-id", &id)]));
+        assert_eq!(s.status, 200);
+        sent.push((id, sent_us, s.ttft.unwrap()));
+    }
+    stop_tx.send(()).unwrap();
+    let summary = sim_thread.join().unwrap();
+    assert_eq!(summary.truth_rows, 2);
+
+    let file = std::fs::File::open(&path).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut rows = HashMap::new();
+    for batch in reader {
+        let b = batch.unwrap();
+        let i64col = |name: &str| {
+            b.column_by_name(name)
+                .unwrap()
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .clone()
+        };
+        let ids = b.column_by_name("request_id").unwrap();
+        let ids = ids.as_any().downcast_ref::<StringArray>().unwrap();
+        let (arrival, handler, first) = (
+            i64col("arrival_us"),
+            i64col("handler_us"),
+            i64col("first_token_us"),
+        );
+        for i in 0..b.num_rows() {
+            rows.insert(
+                ids.value(i).to_string(),
+                (arrival.value(i), handler.value(i), first.value(i)),
+            );
+        }
+    }
+    for (id, sent_us, client_ttft) in sent {
+        let (arrival_us, handler_us, first_us) = rows[&id];
+        let reached_ms = (arrival_us - sent_us) as f64 / 1e3;
+        let waited_ms = (handler_us - arrival_us) as f64 / 1e3;
+        assert!(
+            (-5.0..150.0).contains(&reached_ms),
+            "{id}: arrival {reached_ms:.1} ms after the send: not the socket's time"
+        );
+        assert!(
+            waited_ms > 300.0,
+            "{id}: the handler started {waited_ms:.1} ms after the arrival; the sim was busy ~600 ms"
+        );
+        // The wait is in the truth's TTFT, as the client saw it.
+        let truth_ttft_ms = (first_us - arrival_us) as f64 / 1e3;
+        let client_ttft_ms = client_ttft.as_secs_f64() * 1e3;
+        assert!(
+            (client_ttft_ms - truth_ttft_ms).abs() < 50.0,
+            "{id}: client TTFT {client_ttft_ms:.1} ms vs truth {truth_ttft_ms:.1} ms"
+        );
+    }
+}
