@@ -38,10 +38,13 @@ def truth(dir_, full=False):
     # engine_first_token_us: when the sim's engine emitted the token (first_token_us is when
     # its bytes went to the connection); absent in truth files of older sims.
     engine = t.get("engine_first_token_us") or t["first_token_us"]
+    # handler_us: when the sim's handler started (arrival_us is when the request reached its
+    # socket); absent in truth files of older sims, whose arrival was the handler's start.
+    handler = t.get("handler_us") or t["arrival_us"]
     rows = {}
-    for rid, arr, first, eng in zip(t["request_id"], t["arrival_us"], t["first_token_us"], engine):
+    for rid, arr, first, eng, hnd in zip(t["request_id"], t["arrival_us"], t["first_token_us"], engine, handler):
         if first is not None:
-            rows[rid] = (arr, first - arr, first, eng) if full else (arr, first - arr)
+            rows[rid] = (arr, first - arr, first, eng, hnd) if full else (arr, first - arr)
     return rows
 
 
@@ -68,23 +71,26 @@ def retrace(dir_):
     seen = {}
     for rid in ids:
         seen[rid] = seen.get(rid, 0) + 1
-    errors, up, down, engine_wire = [], [], [], []
+    errors, up, down, engine_wire, waited = [], [], [], [], []
     for rid, m, s in zip(ids, ttft, sent):
         if m is None or seen[rid] != 1 or rid not in tr:
             continue
-        arrival, true_ttft, first, eng = tr[rid]
+        arrival, true_ttft, first, eng, hnd = tr[rid]
         errors.append(m - true_ttft)
         # Where the error lies, on the shared wall clock (client and sim on one machine):
         # send -> the sim's arrival stamp, and the sim's first-token hand-off -> the client's
-        # read of it; plus, inside the sim, engine emit -> hand-off (not part of the error).
+        # (kernel-stamped) read of it; plus, inside the sim, engine emit -> hand-off and
+        # arrival -> handler start (the wait in the sim's socket), neither part of the error.
         up.append(arrival - s)
         down.append(s + m - first)
         engine_wire.append(first - eng)
+        waited.append(hnd - arrival)
     lateness = [x for x in late if x is not None]
     extra = {
         "send_to_arrival_p50_us": pct(up, 50), "send_to_arrival_p99_us": pct(up, 99),
         "sent_to_read_p50_us": pct(down, 50), "sent_to_read_p99_us": pct(down, 99),
         "engine_to_sent_p50_us": pct(engine_wire, 50), "engine_to_sent_p99_us": pct(engine_wire, 99),
+        "arrival_to_handler_p50_us": pct(waited, 50), "arrival_to_handler_p99_us": pct(waited, 99),
     }
     return summary(errors, lateness, len(ids), len(errors), extra)
 
