@@ -354,6 +354,7 @@ fn main() -> Result<(), Error> {
     let mut rows: u64 = 1_000_000;
     let mut keep_dir = None;
     let mut variants = false;
+    let mut only: Option<String> = None;
     let mut mooncake_lengths = false;
     let mut sessions = false;
     let mut args = std::env::args().skip(1);
@@ -361,6 +362,7 @@ fn main() -> Result<(), Error> {
         match a.as_str() {
             "--rows" => rows = args.next().ok_or("--rows needs a value")?.parse()?,
             "--variants" => variants = true,
+            "--only" => only = Some(args.next().ok_or("--only needs a value")?),
             "--sessions" => sessions = true,
             "--lengths" => {
                 mooncake_lengths = match args.next().as_deref() {
@@ -371,12 +373,12 @@ fn main() -> Result<(), Error> {
             }
             "--dir" => keep_dir = Some(args.next().ok_or("--dir needs a value")?),
             other => {
-                return Err(format!("unknown argument {other:?} (use --rows N [--dir D] [--lengths azure|mooncake] [--sessions] [--variants])").into())
+                return Err(format!("unknown argument {other:?} (use --rows N [--dir D] [--lengths azure|mooncake] [--sessions] [--variants [--only a,b]])").into())
             }
         }
     }
     if variants {
-        return compare_variants(rows, mooncake_lengths, sessions);
+        return compare_variants(rows, mooncake_lengths, sessions, only.as_deref());
     }
     let tmp = tempfile::tempdir()?;
     let dir = keep_dir
@@ -487,7 +489,12 @@ fn main() -> Result<(), Error> {
 
 /// `--variants`: encodes the same rows (in memory) with alternative writer settings, to
 /// pick per-column encodings. Prints one JSON line per variant.
-fn compare_variants(rows: u64, mooncake_lengths: bool, sessions: bool) -> Result<(), Error> {
+fn compare_variants(
+    rows: u64,
+    mooncake_lengths: bool,
+    sessions: bool,
+    only: Option<&str>,
+) -> Result<(), Error> {
     use parquet::basic::{Compression, ZstdLevel};
     use parquet::file::properties::{EnabledStatistics, WriterProperties};
     use parquet::schema::types::ColumnPath;
@@ -548,6 +555,24 @@ fn compare_variants(rows: u64, mooncake_lengths: bool, sessions: bool) -> Result
         "message_count",
         "status",
     ];
+    const STRS: &[&str] = &[
+        "session_id",
+        "endpoint",
+        "model",
+        "prompt_tokens_source",
+        "output_tokens_source",
+        "outcome",
+        "finish_reason",
+    ];
+    /// The list's leaf column: a path of three parts (`ColumnPath::from` of the dotted
+    /// string would be one part named `prefix_hashes.list.item`, matching nothing).
+    fn hashes_path() -> ColumnPath {
+        ColumnPath::new(vec![
+            "prefix_hashes".to_string(),
+            "list".to_string(),
+            "item".to_string(),
+        ])
+    }
     let _ = &strings;
     let _ = &off;
     let tweaks: Vec<(&'static str, Tweak)> = vec![
@@ -560,11 +585,32 @@ fn compare_variants(rows: u64, mooncake_lengths: bool, sessions: bool) -> Result
                 )
         }),
         ("hashes_dict", |b| {
-            b.set_column_dictionary_enabled(ColumnPath::from("prefix_hashes.list.item"), true)
+            b.set_column_dictionary_enabled(hashes_path(), true)
+        }),
+        ("hashes_plain", |b| {
+            b.set_column_dictionary_enabled(hashes_path(), false)
+                .set_column_encoding(hashes_path(), Encoding::PLAIN)
+        }),
+        ("hashes_bss", |b| {
+            b.set_column_dictionary_enabled(hashes_path(), false)
+                .set_column_encoding(hashes_path(), Encoding::BYTE_STREAM_SPLIT)
         }),
         ("hashes_dict_bigdict", |b| {
-            b.set_column_dictionary_enabled(ColumnPath::from("prefix_hashes.list.item"), true)
+            b.set_column_dictionary_enabled(hashes_path(), true)
                 .set_dictionary_page_size_limit(8 << 20)
+        }),
+        ("zstd1", |b| {
+            b.set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        }),
+        ("strings_plain", |b| {
+            each(b, STRS, |b, c| {
+                b.set_column_dictionary_enabled(c.clone(), false)
+                    .set_column_encoding(c, Encoding::PLAIN)
+            })
+        }),
+        ("page_rows_8192", |b| b.set_data_page_row_count_limit(8192)),
+        ("page_rows_16384", |b| {
+            b.set_data_page_row_count_limit(16384)
         }),
         ("zstd3", |b| {
             b.set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
@@ -608,6 +654,7 @@ fn compare_variants(rows: u64, mooncake_lengths: bool, sessions: bool) -> Result
     ];
     let variants: Vec<Variant> = tweaks
         .into_iter()
+        .filter(|(name, _)| only.is_none_or(|o| o.split(',').any(|n| n == *name)))
         .map(|(name, t)| {
             let v: Box<dyn Fn() -> WriterProperties> =
                 Box::new(move || t(current().into_builder()).build());
