@@ -390,21 +390,26 @@ async fn ttft_matches_the_sims_truth_at_200_streams() {
     diffs.sort_unstable();
     let p50 = diffs[diffs.len() / 2];
     let p90 = diffs[diffs.len() * 9 / 10];
+    let p99 = diffs[diffs.len() * 99 / 100];
     eprintln!(
-        "client TTFT − sim TTFT: min {} µs, p50 {p50} µs, p90 {p90} µs, max {} µs",
+        "client TTFT − sim TTFT: min {} µs, p50 {p50} µs, p90 {p90} µs, p99 {p99} µs, max {} µs",
         diffs[0],
         diffs[diffs.len() - 1]
     );
-    // Aim: ±2 ms. Measured here: p50 0.8 ms at 10 streams; at 200 streams on a loaded
-    // 2-core machine (debug build, load average 5) p50 ≈ 3 ms, so the gate is 10 ms. The
-    // client is never *earlier* than the server's truth by more than clock noise.
+    // The aim: ±2 ms. Both sides time the bytes when they reached the host's socket
+    // (kernel receive stamps), so neither process's busy core is counted: measured here
+    // (debug build, loaded 2-core machine) p50 ≈ 10 µs, p90 ≈ 15 µs, max < 0.1 ms. The max
+    // is not gated: a thread preempted between a stamp and its syscall (the client's send,
+    // the sim's first-token hand-off) is off by the preemption. The client is never
+    // *earlier* than the server's truth by more than clock noise.
     assert!(
         diffs[0] > -1_000,
         "client TTFT below the server's: {} µs",
         diffs[0]
     );
-    assert!(p50.abs() < 10_000, "p50 difference {p50} µs");
-    assert!(p90.abs() < 40_000, "p90 difference {p90} µs");
+    assert!(p50.abs() < 2_000, "p50 difference {p50} µs");
+    assert!(p90.abs() < 2_000, "p90 difference {p90} µs");
+    assert!(p99.abs() < 2_000, "p99 difference {p99} µs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

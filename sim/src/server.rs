@@ -1105,6 +1105,33 @@ mod kernel_rx {
         let _ = listener;
     }
 
+    /// The wall clock and the monotonic clock read together: the monotonic reads on either
+    /// side of the wall-clock read bound the pairing error, and a pair split by a preemption
+    /// (which would skew every stamp of the connection) is taken again.
+    #[cfg(target_os = "linux")]
+    fn clock_pair() -> (std::time::SystemTime, Instant) {
+        let mut best: Option<(std::time::Duration, std::time::SystemTime, Instant)> = None;
+        for _ in 0..5 {
+            let before = Instant::now();
+            let wall = std::time::SystemTime::now();
+            let gap = before.elapsed();
+            if best.is_none_or(|(g, _, _)| gap < g) {
+                best = Some((gap, wall, before + gap / 2));
+            }
+            if gap < std::time::Duration::from_micros(20) {
+                break;
+            }
+        }
+        let (_, wall, mono) = best.unwrap_or_else(|| {
+            (
+                Default::default(),
+                std::time::SystemTime::now(),
+                Instant::now(),
+            )
+        });
+        (wall, mono)
+    }
+
     /// When the connection's latest read's bytes reached the socket.
     #[derive(Clone, Default)]
     pub(crate) struct LastRead(Arc<Mutex<Option<Instant>>>);
@@ -1139,11 +1166,12 @@ mod kernel_rx {
             {
                 use nix::sys::socket::{setsockopt, sockopt};
                 let on = setsockopt(&inner, sockopt::ReceiveTimestampns, &true).is_ok();
+                let (wall_at, mono_at) = clock_pair();
                 Stamped {
                     inner,
                     last: LastRead::default(),
-                    wall_at: std::time::SystemTime::now(),
-                    mono_at: Instant::now(),
+                    wall_at,
+                    mono_at,
                     cmsg: on.then(|| nix::cmsg_space!(nix::sys::time::TimeSpec)),
                 }
             }
