@@ -339,7 +339,7 @@ pub(crate) fn describe(err: &(dyn std::error::Error + 'static)) -> String {
 /// stamp, a read is timed when it returns.
 mod kernel_rx {
     use std::io;
-    use std::task::{ready, Context, Poll};
+    use std::task::{Context, Poll};
 
     use tokio::io::ReadBuf;
     use tokio::net::TcpStream;
@@ -418,7 +418,7 @@ mod kernel_rx {
                 return poll.map_ok(|()| Instant::now());
             };
             loop {
-                ready!(stream.poll_read_ready(cx))?;
+                std::task::ready!(stream.poll_read_ready(cx))?;
                 let dst = buf.initialize_unfilled();
                 let fd = stream.as_raw_fd();
                 let got = stream.try_io(tokio::io::Interest::READABLE, || {
@@ -496,6 +496,9 @@ mod tests {
         let (mut server, _) = listener.accept().await.unwrap();
         let mut stamped = Stamped::new(client);
         let stamps = stamped.stamps.clone();
+        // When no socket on the host had asked for receive stamps, the kernel turns them on
+        // from a work queue a moment after this one did: bytes in that moment carry none.
+        tokio::time::sleep(Duration::from_millis(50)).await;
         for round in 0..3 {
             let sent = Instant::now();
             server.write_all(b"data: token\n\n").await.unwrap();

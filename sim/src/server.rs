@@ -1161,21 +1161,22 @@ mod kernel_rx {
     }
 
     impl Stamped {
+        #[cfg(target_os = "linux")]
         pub(crate) fn new(inner: TcpStream) -> Stamped {
-            #[cfg(target_os = "linux")]
-            {
-                use nix::sys::socket::{setsockopt, sockopt};
-                let on = setsockopt(&inner, sockopt::ReceiveTimestampns, &true).is_ok();
-                let (wall_at, mono_at) = clock_pair();
-                Stamped {
-                    inner,
-                    last: LastRead::default(),
-                    wall_at,
-                    mono_at,
-                    cmsg: on.then(|| nix::cmsg_space!(nix::sys::time::TimeSpec)),
-                }
+            use nix::sys::socket::{setsockopt, sockopt};
+            let on = setsockopt(&inner, sockopt::ReceiveTimestampns, &true).is_ok();
+            let (wall_at, mono_at) = clock_pair();
+            Stamped {
+                inner,
+                last: LastRead::default(),
+                wall_at,
+                mono_at,
+                cmsg: on.then(|| nix::cmsg_space!(nix::sys::time::TimeSpec)),
             }
-            #[cfg(not(target_os = "linux"))]
+        }
+
+        #[cfg(not(target_os = "linux"))]
+        pub(crate) fn new(inner: TcpStream) -> Stamped {
             Stamped {
                 inner,
                 last: LastRead::default(),

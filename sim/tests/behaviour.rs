@@ -406,6 +406,9 @@ fn truth_arrival_is_when_the_request_reached_the_socket_not_when_the_busy_sim_re
         })
     });
     let url = format!("{}/v1/completions", addr_rx.recv().unwrap());
+    // When no socket on the host had asked for receive stamps, the kernel turns them on from
+    // a work queue a moment after the sim's listener did: bytes in that moment carry none.
+    std::thread::sleep(Duration::from_millis(50));
     let client_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
