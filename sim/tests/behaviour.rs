@@ -270,7 +270,9 @@ fn same_finish_order(a: &[(i64, String)], b: &[(i64, String)]) -> Result<(), Str
     for (i, (ta, ida)) in a.iter().enumerate() {
         for (tb, idb) in &a[i + 1..] {
             if tb - ta > 100_000 && b_finish[idb.as_str()] <= b_finish[ida.as_str()] {
-                return Err(format!("{ida} finished before {idb} in {a:?} but not in {b:?}"));
+                return Err(format!(
+                    "{ida} finished before {idb} in {a:?} but not in {b:?}"
+                ));
             }
         }
     }
