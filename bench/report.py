@@ -274,7 +274,9 @@ def main():
     out.append("N closed-loop streams (retrace `--users N`, GuideLLM `--rate-type concurrent --rate N`), every "
                "request 128 prompt tokens → 32 output tokens, sim with its default (7–8B-on-one-GPU) cost model, "
                "`--max-num-seqs 1024`. TTFT error = the client's TTFT (from its actual send) − the sim's truth "
-               "(arrival → first token emitted). Lateness = actual send − the client's own intended send.\n")
+               "(the kernel's receive time of the request head at the sim → the first token's bytes handed to "
+               "the sim's HTTP writer; docs/sim.md). Lateness = when the client's scheduler handed the request "
+               "over − its own intended send.\n")
     fidelity_section(rows, out)
     rate_section(rows, out)
     simple_section(rows, out)
