@@ -2,7 +2,7 @@
 //! and prints rows/s, bytes/row on disk and bytes/row per column as one JSON line.
 //!
 //! `cargo run --release -p retrace-traces --example recorder_bench -- --rows 10000000`
-//! (options: `--rows N`, `--dir D` to keep the files, `--lengths azure|mooncake`, `--sessions`,
+//! (options: `--rows N`, `--dir D` to keep the files, `--group-rows N` (rows per row group), `--lengths azure|mooncake`, `--sessions`,
 //! `--variants` to compare writer settings on the same rows in memory).
 //!
 //! # Where the rows come from
@@ -355,6 +355,7 @@ fn main() -> Result<(), Error> {
     let mut keep_dir = None;
     let mut variants = false;
     let mut only: Option<String> = None;
+    let mut group_rows: Option<usize> = None;
     let mut mooncake_lengths = false;
     let mut sessions = false;
     let mut args = std::env::args().skip(1);
@@ -363,6 +364,9 @@ fn main() -> Result<(), Error> {
             "--rows" => rows = args.next().ok_or("--rows needs a value")?.parse()?,
             "--variants" => variants = true,
             "--only" => only = Some(args.next().ok_or("--only needs a value")?),
+            "--group-rows" => {
+                group_rows = Some(args.next().ok_or("--group-rows needs a value")?.parse()?)
+            }
             "--sessions" => sessions = true,
             "--lengths" => {
                 mooncake_lengths = match args.next().as_deref() {
@@ -373,7 +377,7 @@ fn main() -> Result<(), Error> {
             }
             "--dir" => keep_dir = Some(args.next().ok_or("--dir needs a value")?),
             other => {
-                return Err(format!("unknown argument {other:?} (use --rows N [--dir D] [--lengths azure|mooncake] [--sessions] [--variants [--only a,b]])").into())
+                return Err(format!("unknown argument {other:?} (use --rows N [--dir D] [--lengths azure|mooncake] [--sessions] [--group-rows N] [--variants [--only a,b]])").into())
             }
         }
     }
@@ -384,7 +388,7 @@ fn main() -> Result<(), Error> {
     let dir = keep_dir
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| tmp.path().to_path_buf());
-    let opts = WriterOptions::new(
+    let mut opts = WriterOptions::new(
         &dir,
         "bench",
         FileMeta {
@@ -393,6 +397,9 @@ fn main() -> Result<(), Error> {
             ..FileMeta::default()
         },
     );
+    if let Some(n) = group_rows {
+        opts.max_rows_per_group = n;
+    }
     let mut writer = RowWriter::<RequestRow>::create(opts)?;
     let mut gen = Gen::new(42, mooncake_lengths, sessions)?;
     // Rows pending completion, popped in completion order (arrival + e2e).
@@ -400,6 +407,7 @@ fn main() -> Result<(), Error> {
     let mut slots: HashMap<u64, RequestRow> = Default::default();
     let mut encode = Duration::ZERO;
     let mut encode_cpu = Duration::ZERO;
+    let mut max_buffered = 0usize;
     let mut produced = 0u64;
     let mut chunk = Vec::with_capacity(100_000);
     while produced < rows {
@@ -434,6 +442,10 @@ fn main() -> Result<(), Error> {
         let cpu_start = thread_cpu();
         for r in chunk.drain(..n) {
             writer.push(r)?;
+            // Sampled every 1024 rows (the encoders grow by a batch at a time).
+            if writer.rows_written() % 1024 == 0 {
+                max_buffered = max_buffered.max(writer.buffered_bytes());
+            }
         }
         writer.tick()?;
         encode += start.elapsed();
@@ -481,6 +493,8 @@ fn main() -> Result<(), Error> {
         "rows_per_cpu_s": (produced as f64 / encode_cpu.as_secs_f64().max(1e-3)).round(),
         "bytes_on_disk": bytes,
         "bytes_per_row": (bytes as f64 / produced as f64 * 100.0).round() / 100.0,
+        "max_rows_per_group": group_rows.unwrap_or(65_536),
+        "max_buffered_bytes": max_buffered,
         "column_bytes_per_row": per_column,
     });
     println!("{line}");
@@ -609,6 +623,25 @@ fn compare_variants(
             })
         }),
         ("page_rows_8192", |b| b.set_data_page_row_count_limit(8192)),
+        ("page_rows_8192_zstd1", |b| {
+            b.set_data_page_row_count_limit(8192)
+                .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        }),
+        ("page_rows_16384_zstd1", |b| {
+            b.set_data_page_row_count_limit(16384)
+                .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        }),
+        ("page_rows_8192_zstd1_strings_plain", |b| {
+            each(
+                b.set_data_page_row_count_limit(8192)
+                    .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default())),
+                STRS,
+                |b, c| {
+                    b.set_column_dictionary_enabled(c.clone(), false)
+                        .set_column_encoding(c, Encoding::PLAIN)
+                },
+            )
+        }),
         ("page_rows_16384", |b| {
             b.set_data_page_row_count_limit(16384)
         }),

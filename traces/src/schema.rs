@@ -46,7 +46,14 @@ pub trait Row: Sized + Send + 'static {
     /// The Arrow schema, with metadata `retrace.schema` and `retrace.schema_version`.
     fn schema() -> SchemaRef;
     /// Converts rows to one record batch of [`Row::schema`].
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, TracesError>;
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch, TracesError> {
+        Self::to_batch_ordered(rows, None)
+    }
+    /// Converts `rows` to one record batch of [`Row::schema`], taken in `order` (indices
+    /// into `rows`) when given: the writer sorts a batch by time without moving the rows.
+    /// Panics if an index is out of bounds.
+    fn to_batch_ordered(rows: &[Self], order: Option<&[usize]>)
+        -> Result<RecordBatch, TracesError>;
     /// Converts a record batch back to rows; missing nullable columns read as nulls.
     /// Errors name the column: `TracesError::BadFile` for a missing or mistyped column,
     /// `TracesError::BadInput` for a bad value, with `line` the 0-based row in the batch;
@@ -467,6 +474,61 @@ fn str_builder(n: usize, bytes_per_row: usize) -> StringBuilder {
     StringBuilder::with_capacity(n, n * bytes_per_row)
 }
 
+/// Rows in batch order: `rows[order[k]]` when an order is given, else `rows` as they are.
+#[derive(Clone, Copy)]
+struct Ordered<'a, R> {
+    rows: &'a [R],
+    order: Option<&'a [usize]>,
+}
+
+impl<'a, R> Ordered<'a, R> {
+    fn new(rows: &'a [R], order: Option<&'a [usize]>) -> Self {
+        Ordered { rows, order }
+    }
+
+    fn len(&self) -> usize {
+        self.order.map_or(self.rows.len(), <[usize]>::len)
+    }
+
+    fn iter(&self) -> OrderedIter<'a, R> {
+        OrderedIter {
+            rows: self.rows,
+            order: self.order,
+            next: 0,
+            len: self.len(),
+        }
+    }
+}
+
+struct OrderedIter<'a, R> {
+    rows: &'a [R],
+    order: Option<&'a [usize]>,
+    next: usize,
+    len: usize,
+}
+
+impl<'a, R> Iterator for OrderedIter<'a, R> {
+    type Item = &'a R;
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a R> {
+        if self.next >= self.len {
+            return None;
+        }
+        let k = self.next;
+        self.next += 1;
+        Some(match self.order {
+            Some(order) => &self.rows[order[k]],
+            None => &self.rows[k],
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.len - self.next;
+        (left, Some(left))
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // request
 
@@ -506,7 +568,13 @@ impl Row for RequestRow {
         schema_with(Self::KIND, fields)
     }
 
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, TracesError> {
+    fn to_batch_ordered(
+        rows: &[Self],
+        order: Option<&[usize]>,
+    ) -> Result<RecordBatch, TracesError> {
+        // Row by row into pre-sized builders: each row is read once (a column-by-column
+        // build re-reads every row per column and measured 25% more instructions).
+        let rows = Ordered::new(rows, order);
         let n = rows.len();
         let mut request_id = str_builder(n, 16);
         let mut arrival = Int64Builder::with_capacity(n);
@@ -534,7 +602,7 @@ impl Row for RequestRow {
         let mut finish = str_builder(n, 4);
         let mut prompt_text = StringBuilder::new();
         let mut response_text = StringBuilder::new();
-        for r in rows {
+        for r in rows.iter() {
             request_id.append_value(&r.request_id);
             arrival.append_value(r.arrival_us);
             session.append_option(r.session_id.as_deref());
@@ -733,7 +801,11 @@ impl Row for ResultRow {
         schema_with(Self::KIND, fields)
     }
 
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, TracesError> {
+    fn to_batch_ordered(
+        rows: &[Self],
+        order: Option<&[usize]>,
+    ) -> Result<RecordBatch, TracesError> {
+        let rows = Ordered::new(rows, order);
         let n = rows.len();
         let mut request_id = str_builder(n, 16);
         let mut session = str_builder(n, 8);
@@ -763,7 +835,7 @@ impl Row for ResultRow {
         let mut output_src = str_builder(n, 6);
         let mut chunks = UInt32Builder::with_capacity(n);
         let mut finish = str_builder(n, 4);
-        for r in rows {
+        for r in rows.iter() {
             request_id.append_value(&r.request_id);
             session.append_option(r.session_id.as_deref());
             scenario.append_value(&r.scenario);
@@ -940,14 +1012,18 @@ impl Row for SampleRow {
         )
     }
 
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, TracesError> {
+    fn to_batch_ordered(
+        rows: &[Self],
+        order: Option<&[usize]>,
+    ) -> Result<RecordBatch, TracesError> {
+        let rows = Ordered::new(rows, order);
         let n = rows.len();
         let mut time = Int64Builder::with_capacity(n);
         let mut source = str_builder(n, 6);
         let mut name = str_builder(n, 16);
         let mut labels = str_builder(n, 8);
         let mut value = Float64Builder::with_capacity(n);
-        for r in rows {
+        for r in rows.iter() {
             time.append_value(r.time_us);
             source.append_value(r.source.as_str());
             name.append_value(&r.name);

@@ -67,13 +67,16 @@ pub struct WriterOptions {
 }
 
 impl WriterOptions {
-    /// Defaults: 65 536 rows and 128 MiB per row group, 256 MiB and 1 h per file, flush
-    /// every second.
+    /// Defaults: 32 768 rows and 128 MiB per row group, 256 MiB and 1 h per file, flush
+    /// every second. The in-progress row group's encoders hold its values uncompressed
+    /// until it completes: 32 768 rows bound that to ~10 MB (parquet's estimate; 16 MB at
+    /// 65 536 rows) for +0.55 byte a row on disk (`examples/recorder_bench.rs
+    /// --group-rows`).
     pub fn new(dir: impl Into<PathBuf>, file_prefix: &str, meta: FileMeta) -> Self {
         WriterOptions {
             dir: dir.into(),
             file_prefix: file_prefix.to_string(),
-            max_rows_per_group: 65_536,
+            max_rows_per_group: 32_768,
             max_row_group_bytes: 128 << 20,
             max_file_bytes: 256 << 20,
             max_file_age: Duration::from_secs(3600),
@@ -173,10 +176,11 @@ fn prefix_hashes_leaf() -> ColumnPath {
     ])
 }
 
-/// zstd level 3: 1% smaller than level 1 on request rows for about the same CPU (most
-/// columns are already near their entropy after encoding; measured as above).
+/// zstd level 1: with plain prefix hashes, within 0.05 byte a row of level 3 and ~25% less
+/// encoding CPU (level 3's larger match tables also cost a 768 KiB memset for every page
+/// compressed; level 1's are 48 KiB). Measured by `examples/recorder_bench.rs --variants`.
 fn zstd_level() -> ZstdLevel {
-    ZstdLevel::try_new(3).unwrap_or_default()
+    ZstdLevel::try_new(1).unwrap_or_default()
 }
 
 /// Writer properties of a file of `schema` with key-value metadata `kv` (to which the
@@ -320,8 +324,9 @@ pub struct RowWriter<R: Row> {
     schema_descr: Arc<parquet::schema::types::SchemaDescriptor>,
     kv: Vec<(String, String)>,
     pending: Vec<R>,
-    /// Scratch of `sort_by_time`, reused across batches.
+    /// Scratch of `time_order`, reused across batches.
     order: Vec<(i64, usize)>,
+    order_idx: Vec<usize>,
     current: Option<OpenFile>,
     finished: Vec<PathBuf>,
     seq: u64,
@@ -363,6 +368,7 @@ impl<R: Row> RowWriter<R> {
             kv,
             pending: Vec::with_capacity(ENCODE_BATCH_ROWS),
             order: Vec::with_capacity(ENCODE_BATCH_ROWS),
+            order_idx: Vec::with_capacity(ENCODE_BATCH_ROWS),
             current: None,
             finished: Vec::new(),
             seq: 0,
@@ -469,6 +475,13 @@ impl<R: Row> RowWriter<R> {
                 .map_or(0, |f| f.writer.bytes_written() as u64)
     }
 
+    /// Memory held by the in-progress row group's encoders (uncompressed values,
+    /// dictionaries, compressed pages; parquet's own estimate), excluding rows not yet
+    /// encoded and batches waiting for the journal.
+    pub fn buffered_bytes(&self) -> usize {
+        self.current.as_ref().map_or(0, |f| f.writer.memory_size())
+    }
+
     /// What [`RowWriter::create`] did with stale temp files of this prefix.
     pub fn recovery(&self) -> &RecoveryReport {
         &self.recovery
@@ -518,8 +531,10 @@ impl<R: Row> RowWriter<R> {
         // The proxy pushes a request when its response ends, so rows come nearly but not
         // quite in time order; sorting each batch makes files nearly sorted (better merges,
         // and ~1 byte a row less for the delta-encoded time column).
-        sort_by_time(&mut self.pending, &mut self.order);
-        let batch = R::to_batch(&self.pending)?;
+        let batch = match time_order(&self.pending, &mut self.order, &mut self.order_idx) {
+            Some(order) => R::to_batch_ordered(&self.pending, Some(order))?,
+            None => R::to_batch(&self.pending)?,
+        };
         // Cleared, not replaced: a fresh multi-MB buffer per batch costs a page fault per
         // 4 KiB on every batch.
         self.pending.clear();
@@ -623,34 +638,24 @@ impl<R: Row> Drop for RowWriter<R> {
     }
 }
 
-/// Sorts rows by time, stably, in place. Rows are large structs: sorting (time, index)
-/// pairs and then applying the permutation by swapping along its cycles moves each row
-/// about once, allocates nothing (`order` is reused scratch) and is ~10x cheaper than
-/// sorting the rows themselves.
-fn sort_by_time<R: Row>(rows: &mut [R], order: &mut Vec<(i64, usize)>) {
+/// The stable time order of `rows` as indices into them, or `None` when they are already
+/// sorted. Rows are large structs: the batch is built in this order instead of moving
+/// them (sorting (time, index) pairs allocates nothing: both Vecs are reused scratch).
+fn time_order<'a, R: Row>(
+    rows: &[R],
+    pairs: &mut Vec<(i64, usize)>,
+    idx: &'a mut Vec<usize>,
+) -> Option<&'a [usize]> {
     if rows.is_sorted_by_key(R::time_us) {
-        return;
+        return None;
     }
-    order.clear();
-    order.extend(rows.iter().map(R::time_us).zip(0..));
-    order.sort_unstable();
-    // Position `i` must receive the row now at `order[i].1`. Follow each cycle once,
-    // marking visited entries by setting their source to `usize::MAX`.
-    for start in 0..rows.len() {
-        if order[start].1 == usize::MAX || order[start].1 == start {
-            continue;
-        }
-        let mut i = start;
-        loop {
-            let src = order[i].1;
-            order[i].1 = usize::MAX;
-            if src == start {
-                break;
-            }
-            rows.swap(i, src);
-            i = src;
-        }
-    }
+    pairs.clear();
+    pairs.extend(rows.iter().map(R::time_us).zip(0..));
+    // Ties are broken by the index: as stable as a stable sort.
+    pairs.sort_unstable();
+    idx.clear();
+    idx.extend(pairs.iter().map(|p| p.1));
+    Some(idx)
 }
 
 fn remove_sidecars(tmp: &Path) {
@@ -938,11 +943,11 @@ mod tests {
     }
 
     #[test]
-    fn sort_by_time_is_a_stable_sort() {
+    fn time_order_is_a_stable_sort() {
         // A deterministic pseudo-random sequence of times with many ties.
         let mut x = 0x1234_5678u64;
         for n in [0usize, 1, 2, 7, 100, 1000] {
-            let mut rows: Vec<SampleRow> = (0..n)
+            let rows: Vec<SampleRow> = (0..n)
                 .map(|i| {
                     x = x
                         .wrapping_mul(6364136223846793005)
@@ -952,12 +957,17 @@ mod tests {
                 .collect();
             let mut expected = rows.clone();
             expected.sort_by_key(|r| r.time_us); // stable
-            let mut order = Vec::new();
-            sort_by_time(&mut rows, &mut order);
-            assert_eq!(rows, expected, "n = {n}");
-            // Scratch is reused: a second sort of sorted rows changes nothing.
-            sort_by_time(&mut rows, &mut order);
-            assert_eq!(rows, expected, "n = {n}, resorted");
+            let (mut pairs, mut idx) = (Vec::new(), Vec::new());
+            let batch = match time_order(&rows, &mut pairs, &mut idx) {
+                Some(order) => SampleRow::to_batch_ordered(&rows, Some(order)).unwrap(),
+                None => SampleRow::to_batch(&rows).unwrap(),
+            };
+            assert_eq!(SampleRow::from_batch(&batch).unwrap(), expected, "n = {n}");
+            // Sorted rows need no order (scratch is reused).
+            assert!(
+                time_order(&expected, &mut pairs, &mut idx).is_none(),
+                "n = {n}"
+            );
         }
     }
 }

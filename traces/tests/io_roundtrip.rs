@@ -154,3 +154,34 @@ fn row_writer_sorts_each_batch_by_time_stably() {
         .collect();
     assert_eq!(ids, ["d", "b", "a", "c"]);
 }
+
+#[test]
+fn to_batch_ordered_equals_to_batch_of_the_reordered_rows() {
+    // Full and sparse rows interleaved (nulls, empty and non-empty lists), taken in a
+    // scrambled order: the batch must equal the one built from the rows moved into it.
+    let rows: Vec<RequestRow> = (0..50)
+        .map(|i| {
+            if i % 3 == 0 {
+                sparse_request(i)
+            } else {
+                full_request(i)
+            }
+        })
+        .collect();
+    let order: Vec<usize> = (0..rows.len()).map(|k| (k * 17 + 5) % rows.len()).collect();
+    let moved: Vec<RequestRow> = order.iter().map(|&k| rows[k].clone()).collect();
+    let ordered = RequestRow::to_batch_ordered(&rows, Some(&order)).unwrap();
+    assert_eq!(ordered, RequestRow::to_batch(&moved).unwrap());
+    assert_eq!(RequestRow::from_batch(&ordered).unwrap(), moved);
+    // Every column of an all-sparse batch is null where the row has nothing.
+    let sparse: Vec<RequestRow> = (0..4).map(sparse_request).collect();
+    let batch = RequestRow::to_batch(&sparse).unwrap();
+    assert_eq!(batch.column_by_name("ttft_us").unwrap().null_count(), 4);
+    assert_eq!(batch.column_by_name("model").unwrap().null_count(), 4);
+    assert_eq!(RequestRow::from_batch(&batch).unwrap(), sparse);
+    let results: Vec<ResultRow> = (0..20).map(full_result).collect();
+    let order: Vec<usize> = (0..20).rev().collect();
+    let back = ResultRow::from_batch(&ResultRow::to_batch_ordered(&results, Some(&order)).unwrap())
+        .unwrap();
+    assert_eq!(back, results.into_iter().rev().collect::<Vec<_>>());
+}
