@@ -622,6 +622,32 @@ fn compare_variants(
                     .set_column_encoding(c, Encoding::PLAIN)
             })
         }),
+        ("strings_plain_constant", |b| {
+            each(
+                b,
+                &["endpoint", "prompt_tokens_source", "session_id"],
+                |b, c| {
+                    b.set_column_dictionary_enabled(c.clone(), false)
+                        .set_column_encoding(c, Encoding::PLAIN)
+                },
+            )
+        }),
+        ("strings_plain_enums", |b| {
+            each(
+                b,
+                &[
+                    "endpoint",
+                    "prompt_tokens_source",
+                    "session_id",
+                    "outcome",
+                    "output_tokens_source",
+                ],
+                |b, c| {
+                    b.set_column_dictionary_enabled(c.clone(), false)
+                        .set_column_encoding(c, Encoding::PLAIN)
+                },
+            )
+        }),
         ("page_rows_8192", |b| b.set_data_page_row_count_limit(8192)),
         ("page_rows_8192_zstd1", |b| {
             b.set_data_page_row_count_limit(8192)
