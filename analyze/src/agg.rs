@@ -3,10 +3,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use arrow_buffer::NullBuffer;
 use hdrhistogram::Histogram;
 use retrace_traces::{ErrorKind, SampleSource};
 
-use crate::counts::{Counts, SIG2, SIG3};
+use crate::counts::{record_pair, Counts, SIG2, SIG3};
 
 /// Per-window counts (2 significant figures, `u32` cells, like [`window_hist`]).
 type WinCounts = Counts<u32, SIG2>;
@@ -108,6 +109,80 @@ pub(crate) struct Rec {
     pub itl_count: u32,
     /// Index into [`Agg::levels`].
     pub level: usize,
+}
+
+/// A column of a decoded batch: its values and, only when some are missing, its validity.
+#[derive(Clone, Copy)]
+pub(crate) struct Col<'a, T> {
+    pub values: &'a [T],
+    pub nulls: Option<&'a NullBuffer>,
+}
+
+impl<T: Copy> Col<'_, T> {
+    #[inline(always)]
+    fn get(&self, i: usize) -> Option<T> {
+        match self.nulls {
+            Some(n) if n.is_null(i) => None,
+            _ => Some(self.values[i]),
+        }
+    }
+}
+
+/// A batch of result rows, column by column (every slice as long as `intended_send_us`).
+/// The fields are those of [`Rec`]; columns whose missing values count as 0 come as plain
+/// slices.
+pub(crate) struct Batch<'a> {
+    pub intended_send_us: &'a [i64],
+    /// On the client's clock, missing = 0.
+    pub lateness_us: &'a [i64],
+    pub in_flight_at_send: &'a [u32],
+    pub prompt_tokens: &'a [u32],
+    pub itl_count: &'a [u32],
+    pub output_tokens: Col<'a, u32>,
+    pub ttft_us: Col<'a, u64>,
+    pub e2e_us: Col<'a, u64>,
+    pub tpot_us: Col<'a, f64>,
+    pub itl_p50_us: Col<'a, u64>,
+    /// Per row: 0 for a success, else 1 + the error's index in [`ERROR_KINDS`]. Empty when
+    /// no row of the batch failed.
+    pub error: &'a [u8],
+    /// Rows whose error is the client's own.
+    pub client_side_errors: u64,
+    /// Per row: index into [`Agg::levels`].
+    pub level: &'a [u32],
+}
+
+/// Calls `f(i, value)` for the rows `range` that succeeded and have a value.
+#[inline(always)]
+fn each_ok<T: Copy>(
+    error: &[u8],
+    col: Col<'_, T>,
+    range: std::ops::Range<usize>,
+    mut f: impl FnMut(usize, T),
+) {
+    let start = range.start;
+    let values = &col.values[range.clone()];
+    // One call site for `f`, so that it is inlined; the tests are loop-invariant or rare.
+    let error = if error.is_empty() {
+        None
+    } else {
+        Some(&error[range])
+    };
+    for (k, &v) in values.iter().enumerate() {
+        if error.is_some_and(|e| e[k] != 0) {
+            continue;
+        }
+        if col.nulls.is_some_and(|n| n.is_null(start + k)) {
+            continue;
+        }
+        f(start + k, v);
+    }
+}
+
+/// TPOT as recorded: rounded to whole µs, negative (and NaN) as 0.
+#[inline(always)]
+fn tpot_value(v: f64) -> u64 {
+    v.round().max(0.0) as u64
 }
 
 /// Mean/min/max accumulator for sampled gauges.
@@ -433,7 +508,7 @@ impl Agg {
         }
         // Whole-run latency histograms are the sum of the per-level ones (levels partition
         // the rows): built once in `finish` instead of recorded twice per row.
-        let tpot = r.tpot_us.map(|v| v.round().max(0.0) as u64);
+        let tpot = r.tpot_us.map(tpot_value);
         if ok {
             if let Some(v) = r.ttft_us {
                 let bin = prompt_bin(r.prompt_tokens);
@@ -491,6 +566,170 @@ impl Agg {
                     .record_n(v.max(1), u64::from(r.itl_count), window_hist);
             }
         }
+    }
+
+    /// Adds a batch of result rows: the same as [`Agg::push`] of each row, done column by
+    /// column (a tight loop per histogram, over rows that share a window and a level).
+    pub(crate) fn push_batch(&mut self, b: &Batch<'_>) {
+        let ts = b.intended_send_us;
+        let n = ts.len();
+        if n == 0 {
+            return;
+        }
+        let (tmin, tmax) = ts
+            .iter()
+            .fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+        for &t in ts {
+            self.count_second(t);
+        }
+        self.requests += n as u64;
+        self.first_send_us = self.first_send_us.min(tmin);
+        self.last_send_us = self.last_send_us.max(tmax);
+        // Create the batch's windows up front (the same contiguous range rows would
+        // create one by one), so that positions stay put while the batch is added.
+        let _ = self.window_mut(tmin);
+        let _ = self.window_mut(tmax);
+
+        let error = b.error;
+        for &p in b.prompt_tokens {
+            self.prompt_tokens_total += u64::from(p);
+            self.prompt_tokens_c.record(u64::from(p), run_hist);
+        }
+        for &f in b.in_flight_at_send {
+            self.in_flight_c.record(u64::from(f), run_hist);
+        }
+        for &l in b.lateness_us {
+            self.lateness_c.record(l.max(0) as u64, run_hist);
+        }
+        if error.is_empty() {
+            self.ok += n as u64;
+        } else {
+            for &e in error {
+                match e {
+                    0 => self.ok += 1,
+                    e => self.errors[usize::from(e) - 1] += 1,
+                }
+            }
+        }
+        self.client_side_errors += b.client_side_errors;
+        for i in 0..n {
+            if let Some(out) = b.output_tokens.get(i) {
+                self.output_tokens_total += u64::from(out);
+            }
+        }
+        each_ok(error, b.output_tokens, 0..n, |_, out| {
+            self.output_tokens_c.record(u64::from(out), run_hist);
+        });
+        each_ok(error, b.ttft_us, 0..n, |i, v| {
+            let bin = prompt_bin(b.prompt_tokens[i]);
+            self.prompt_ttft_c[bin].record(v, run_hist);
+        });
+        if b.e2e_us.nulls.is_none() {
+            for (&t, &e2e) in ts.iter().zip(b.e2e_us.values) {
+                self.last_end_us = self.last_end_us.max(t.saturating_add(e2e as i64));
+            }
+        } else {
+            for (i, &t) in ts.iter().enumerate() {
+                if let Some(e2e) = b.e2e_us.get(i) {
+                    self.last_end_us = self.last_end_us.max(t.saturating_add(e2e as i64));
+                }
+            }
+        }
+
+        // Runs of rows in one window and one level.
+        let window_us = i128::from(self.window_us);
+        let mut s = 0;
+        while s < n {
+            let idx = ts[s].div_euclid(self.window_us);
+            let pos = usize::try_from(idx - self.base).unwrap_or(usize::MAX);
+            // The window's [lo, hi] µs, clamped to i64 (no overflow at the extremes).
+            let lo128 = i128::from(idx) * window_us;
+            let lo = i64::try_from(lo128).unwrap_or(i64::MIN);
+            let hi = i64::try_from(lo128 + window_us - 1).unwrap_or(i64::MAX);
+            let level = b.level[s];
+            let mut e = s + 1;
+            while e < n && b.level[e] == level && ts[e] >= lo && ts[e] <= hi {
+                e += 1;
+            }
+            self.push_run(b, s..e, pos, level as usize);
+            s = e;
+        }
+    }
+
+    /// Adds rows `range` of a batch, all in window `pos` and level `level`.
+    fn push_run(&mut self, b: &Batch<'_>, range: std::ops::Range<usize>, pos: usize, level: usize) {
+        let w = &mut self.windows[pos];
+        let l = &mut self.levels[level];
+        let len = (range.end - range.start) as u64;
+        let ts = &b.intended_send_us[range.clone()];
+        let error = b.error;
+        w.requests += len;
+        l.requests += len;
+        for &t in ts {
+            l.first_send_us = l.first_send_us.min(t);
+            l.last_send_us = l.last_send_us.max(t);
+        }
+        for &p in &b.prompt_tokens[range.clone()] {
+            w.prompt_tokens += u64::from(p);
+        }
+        let mut in_flight = 0u64;
+        for &f in &b.in_flight_at_send[range.clone()] {
+            in_flight += u64::from(f);
+        }
+        w.in_flight_sum += in_flight;
+        l.in_flight_sum += in_flight;
+        for &lat in &b.lateness_us[range.clone()] {
+            w.lateness_max_us = w.lateness_max_us.max(lat);
+        }
+        for i in range.clone() {
+            w.output_tokens += u64::from(b.output_tokens.get(i).unwrap_or(0));
+        }
+        each_ok(error, b.output_tokens, range.clone(), |_, out| {
+            l.output_tokens += u64::from(out);
+        });
+        if error.is_empty() {
+            w.ok += len;
+            l.ok += len;
+        } else {
+            for &e in &error[range.clone()] {
+                match e {
+                    0 => {
+                        w.ok += 1;
+                        l.ok += 1;
+                    }
+                    e => {
+                        w.errors[usize::from(e) - 1] += 1;
+                        l.errors[usize::from(e) - 1] += 1;
+                    }
+                }
+            }
+        }
+        each_ok(error, b.ttft_us, range.clone(), |_, v| {
+            record_pair(&mut w.ttft_c, window_hist, &mut l.ttft_c, level_hist, v, 1);
+        });
+        let t0 = range.start;
+        each_ok(error, b.e2e_us, range.clone(), |i, v| {
+            record_pair(&mut w.e2e_c, window_hist, &mut l.e2e_c, level_hist, v, 1);
+            l.last_end_us = l.last_end_us.max(ts[i - t0].saturating_add(v as i64));
+        });
+        each_ok(error, b.tpot_us, range.clone(), |_, v| {
+            let v = tpot_value(v);
+            record_pair(&mut w.tpot_c, window_hist, &mut l.tpot_c, level_hist, v, 1);
+        });
+        each_ok(error, b.itl_p50_us, range, |i, v| {
+            let count = b.itl_count[i];
+            if count > 0 {
+                let n = u64::from(count);
+                record_pair(
+                    &mut w.itl_c,
+                    window_hist,
+                    &mut l.itl_c,
+                    level_hist,
+                    v.max(1),
+                    n,
+                );
+            }
+        });
     }
 
     /// Adds one sample.

@@ -42,6 +42,29 @@ impl Cell for u64 {
     }
 }
 
+/// Records `v` `n` times into two counts of the same layout (a window's and its level's):
+/// the bucket index is computed once.
+#[inline(always)]
+pub(crate) fn record_pair<A: Cell, B: Cell, const M: u32>(
+    a: &mut Counts<A, M>,
+    make_a: fn() -> Histogram<A>,
+    b: &mut Counts<B, M>,
+    make_b: fn() -> Histogram<B>,
+    v: u64,
+    n: u64,
+) {
+    if v < FAST_LIMIT {
+        let i = Counts::<A, M>::index(v);
+        if let (Some(x), Some(y)) = (a.counts.get_mut(i), b.counts.get_mut(i)) {
+            x.add_n(n);
+            y.add_n(n);
+            return;
+        }
+    }
+    a.record_rare(v, n, make_a);
+    b.record_rare(v, n, make_b);
+}
+
 /// Counts of a histogram with lowest discernible value 1 and `2^(M+1)` sub-buckets per
 /// bucket (`M` = 7 for 2 significant figures, 10 for 3).
 #[derive(Debug, Clone, Default)]
@@ -79,14 +102,23 @@ impl<C: Cell, const M: u32> Counts<C, M> {
     }
 
     /// Records `v` `n` times (`n` > 0).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn record_n(&mut self, v: u64, n: u64, make: fn() -> Histogram<C>) {
         if v < FAST_LIMIT {
-            let i = Self::index(v);
-            if i >= self.counts.len() {
-                self.counts.resize(i + 1, C::default());
+            if let Some(c) = self.counts.get_mut(Self::index(v)) {
+                c.add_n(n);
+                return;
             }
-            self.counts[i].add_n(n);
+        }
+        self.record_rare(v, n, make);
+    }
+
+    /// Records a value that needs more cells, or a real histogram: out of the hot loops.
+    #[cold]
+    #[inline(never)]
+    fn record_rare(&mut self, v: u64, n: u64, make: fn() -> Histogram<C>) {
+        if v < FAST_LIMIT {
+            self.cell(Self::index(v)).add_n(n);
         } else {
             let h = self.slow.get_or_insert_with(make);
             // HDR with auto-resize records any u64; a failure would be dropped as before.
@@ -95,9 +127,18 @@ impl<C: Cell, const M: u32> Counts<C, M> {
     }
 
     /// Records `v` once.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn record(&mut self, v: u64, make: fn() -> Histogram<C>) {
         self.record_n(v, 1, make);
+    }
+
+    /// The cell of bucket `i`, growing the counts to hold it.
+    #[inline(always)]
+    fn cell(&mut self, i: usize) -> &mut C {
+        if i >= self.counts.len() {
+            self.counts.resize(i + 1, C::default());
+        }
+        &mut self.counts[i]
     }
 
     /// Whether anything was recorded.

@@ -20,7 +20,7 @@ use parquet::arrow::arrow_reader::{
 use parquet::arrow::ProjectionMask;
 use retrace_traces::{ErrorKind, RequestRow, ResultRow, SampleRow, SampleSource};
 
-use crate::agg::{Agg, Rec};
+use crate::agg::{kind_index, Agg, Batch, Col, Rec};
 use crate::AnalyzeError;
 
 /// What a Parquet file holds.
@@ -541,6 +541,13 @@ pub(crate) fn read_results_part(
     let [_, _, _, _, _, _, _, ttft_name, e2e_name, ..] = result_columns(basis);
     let mut rows = 0u64;
     let mut base_row = part.first_row;
+    // Per-row vectors, reused batch after batch.
+    let mut levels: Vec<u32> = Vec::with_capacity(BATCH_ROWS);
+    let mut errors: Vec<u8> = Vec::new();
+    let mut lateness_buf: Vec<i64> = Vec::new();
+    let mut in_flight_buf: Vec<u32> = Vec::new();
+    let mut prompt_buf: Vec<u32> = Vec::new();
+    let mut itl_count_buf: Vec<u32> = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| bad(path, e))?;
         if batch.column_by_name("intended_send_us").is_none() {
@@ -558,21 +565,7 @@ pub(crate) fn read_results_part(
         let itl_count = Num::of(&batch, "itl_count", path)?.as_u32(n);
         let itl_p50 = Num::of(&batch, "itl_p50_us", path)?.as_u64(n);
         let load_level = Num::of(&batch, "load_level", path)?.as_f64(n);
-        let (intended, lateness, in_flight, prompt, output) = (
-            View::of(&intended),
-            View::of(&lateness),
-            View::of(&in_flight),
-            View::of(&prompt),
-            View::of(&output),
-        );
-        let (ttft, e2e, tpot, itl_count, itl_p50, load_level) = (
-            View::of(&ttft),
-            View::of(&e2e),
-            View::of(&tpot),
-            View::of(&itl_count),
-            View::of(&itl_p50),
-            View::of(&load_level),
-        );
+        let (intended_v, load_level) = (View::of(&intended), View::of(&load_level));
         let error_kind = Str::of(&batch, "error_kind", path)?;
         let error_message = Str::of(&batch, "error_message", path)?;
         let no_errors = all_null(&batch, "error_kind");
@@ -582,59 +575,109 @@ pub(crate) fn read_results_part(
             .and_then(|c| c.logical_nulls());
         let phase = Str::of(&batch, "phase", path)?;
         let no_phase = all_null(&batch, "phase");
+        // Row by row, in order (so that a bad row is reported as before): validity of the
+        // send time, the level and the error of each row.
+        levels.clear();
+        errors.clear();
+        let mut client_side_errors = 0u64;
         let mut last_key: Option<(Option<&str>, u64)> = None;
-        let mut level = 0usize;
+        let mut level = 0u32;
         for i in 0..n {
-            let Some(t) = intended.get(i) else {
+            if intended_v.get(i).is_none() {
                 return Err(AnalyzeError::BadRow {
                     path: path.to_path_buf(),
                     row: base_row + i as u64 + 1,
                     field: "intended_send_us".into(),
                     message: "missing".into(),
                 });
-            };
+            }
             let ph = if no_phase { None } else { phase.get(i) };
             let ll = load_level.get(i).unwrap_or(1.0);
             let key = (ph, ll.to_bits());
             if last_key != Some(key) {
-                level = agg.level(ph, ll);
+                level = u32::try_from(agg.level(ph, ll))
+                    .map_err(|_| bad(path, "more than 2^32 load levels"))?;
                 last_key = Some(key);
             }
-            let maybe_error = !no_errors && error_nulls.as_ref().is_none_or(|n| n.is_valid(i));
-            let error = match if maybe_error { error_kind.get(i) } else { None } {
-                None => None,
-                Some(s) => Some(ErrorKind::parse(s).ok_or_else(|| AnalyzeError::BadRow {
-                    path: path.to_path_buf(),
-                    row: base_row + i as u64 + 1,
-                    field: "error_kind".into(),
-                    message: format!("unknown error kind `{s}`"),
-                })?),
+            levels.push(level);
+            if no_errors {
+                continue;
+            }
+            let maybe_error = error_nulls.as_ref().is_none_or(|n| n.is_valid(i));
+            let code = match if maybe_error { error_kind.get(i) } else { None } {
+                None => 0,
+                Some(s) => {
+                    let kind = ErrorKind::parse(s).ok_or_else(|| AnalyzeError::BadRow {
+                        path: path.to_path_buf(),
+                        row: base_row + i as u64 + 1,
+                        field: "error_kind".into(),
+                        message: format!("unknown error kind `{s}`"),
+                    })?;
+                    // The message is only looked at for the few rows where it can matter.
+                    if is_client_error(kind, error_message.get(i)) {
+                        client_side_errors += 1;
+                    }
+                    1 + kind_index(kind) as u8
+                }
             };
-            // The message is only looked at for the few rows where it can matter.
-            let client_side_error = match error {
-                Some(kind) => is_client_error(kind, error_message.get(i)),
-                None => false,
-            };
-            agg.push(&Rec {
-                intended_send_us: t,
-                lateness_us: real_clock(lateness.get(i).unwrap_or(0), clock_speedup),
-                in_flight_at_send: in_flight.get(i).unwrap_or(0),
-                prompt_tokens: prompt.get(i).unwrap_or(0),
-                output_tokens: output.get(i),
-                error,
-                client_side_error,
-                ttft_us: ttft.get(i),
-                e2e_us: e2e.get(i),
-                tpot_us: tpot.get(i),
-                itl_p50_us: itl_p50.get(i),
-                itl_count: itl_count.get(i).unwrap_or(0),
-                level,
-            });
+            errors.push(code);
         }
+        if errors.iter().all(|&e| e == 0) {
+            errors.clear();
+        }
+        let lateness_us: &[i64] = if clock_speedup == 1.0
+            && lateness.null_count() == 0
+            && lateness.values().iter().all(|v| v.unsigned_abs() < 1 << 53)
+        {
+            // real_clock would change nothing.
+            lateness.values()
+        } else {
+            lateness_buf.clear();
+            let v = View::of(&lateness);
+            lateness_buf.extend((0..n).map(|i| real_clock(v.get(i).unwrap_or(0), clock_speedup)));
+            &lateness_buf
+        };
+        agg.push_batch(&Batch {
+            intended_send_us: intended.values(),
+            lateness_us,
+            in_flight_at_send: or_zero(&in_flight, &mut in_flight_buf),
+            prompt_tokens: or_zero(&prompt, &mut prompt_buf),
+            itl_count: or_zero(&itl_count, &mut itl_count_buf),
+            output_tokens: col(&output),
+            ttft_us: col(&ttft),
+            e2e_us: col(&e2e),
+            tpot_us: col(&tpot),
+            itl_p50_us: col(&itl_p50),
+            error: &errors,
+            client_side_errors,
+            level: &levels,
+        });
         base_row += n as u64;
         rows += n as u64;
     }
     Ok(rows)
+}
+
+/// A column's values with missing ones as 0 (copied into `buf` only when some are missing).
+fn or_zero<'a, T: ArrowPrimitiveType>(
+    a: &'a PrimitiveArray<T>,
+    buf: &'a mut Vec<T::Native>,
+) -> &'a [T::Native] {
+    if a.null_count() == 0 {
+        return a.values();
+    }
+    let v = View::of(a);
+    buf.clear();
+    buf.extend((0..a.len()).map(|i| v.get(i).unwrap_or_default()));
+    buf
+}
+
+/// A column as the batch aggregation reads it.
+fn col<T: ArrowPrimitiveType>(a: &PrimitiveArray<T>) -> Col<'_, T::Native> {
+    Col {
+        values: a.values(),
+        nulls: a.nulls().filter(|_| a.null_count() > 0),
+    }
 }
 
 /// Aggregates one samples file.

@@ -732,3 +732,97 @@ fn parallel_reading_gives_the_same_report_as_one_thread() {
         assert_eq!(json(threads), one, "{threads} threads");
     }
 }
+
+/// Rows read from Parquet (decoded and aggregated a batch at a time, column by column) give
+/// exactly the report of the same rows pushed one by one from memory, with every kind of
+/// awkward row mixed in: missing values, errors of each kind, client-side connect
+/// failures, rows out of time order and across windows, values past the fast
+/// histogram range, negative lateness, several levels interleaved.
+#[test]
+fn parquet_batches_give_the_same_report_as_rows_pushed_one_by_one() {
+    use retrace_traces::ErrorKind;
+    let tmp = tempfile::tempdir().unwrap();
+    let synth = Synth {
+        rate_per_s: 40.0,
+        error_rate: 0.02,
+        starved_short_fraction: 0.05,
+        ..ramp(60.0)
+    };
+    let mut rows: Vec<ResultRow> = synth.results().collect();
+    assert!(rows.len() > 20_000, "{}", rows.len());
+    let kinds = [
+        ErrorKind::Connect,
+        ErrorKind::Timeout,
+        ErrorKind::HttpStatus,
+        ErrorKind::BrokenStream,
+        ErrorKind::Cancelled,
+        ErrorKind::Other,
+    ];
+    let n = rows.len();
+    for i in 0..n {
+        let r = &mut rows[i];
+        match i % 97 {
+            3 => r.ttft_us = None,
+            5 => r.e2e_us = None,
+            7 => r.tpot_us = None,
+            11 => r.itl = None,
+            13 => r.output_tokens = None,
+            17 => r.tpot_us = Some(f64::NAN),
+            19 => r.tpot_us = Some(-3.0),
+            23 => r.lateness_us = -5_000,
+            29 => {
+                r.ttft_us = Some(1 << 41);
+                r.e2e_us = Some(u64::MAX / 4);
+            }
+            31 => {
+                r.error_kind = Some(kinds[(i / 97) % kinds.len()]);
+                r.error_message = Some(if i % 2 == 0 {
+                    "connect: Too many open files".into()
+                } else {
+                    "boom".into()
+                });
+            }
+            37 => r.load_level = 3.0,
+            41 => r.phase = Some("odd-one".into()),
+            43 => r.in_flight_at_send = 0,
+            47 => r.prompt_tokens = 0,
+            _ => {}
+        }
+    }
+    // Out of order: swap neighbours, and move some rows far back in time.
+    for i in (0..n - 1).step_by(53) {
+        rows.swap(i, i + 1);
+    }
+    for i in (0..n).step_by(4_001) {
+        rows[i].intended_send_us -= 20 * MIN;
+    }
+    let half = n / 3;
+    write_file(
+        &tmp.path().join("results-0.parquet"),
+        &rows[..half],
+        &FileMeta::default(),
+    )
+    .unwrap();
+    write_file(
+        &tmp.path().join("results-1.parquet"),
+        &rows[half..],
+        &FileMeta::default(),
+    )
+    .unwrap();
+    let strip = |mut v: serde_json::Value| {
+        v.as_object_mut().unwrap().remove("inputs");
+        serde_json::to_string_pretty(&v).unwrap()
+    };
+    let mut cfg = config(tmp.path().to_path_buf());
+    cfg.threads = 1;
+    let from_files = strip(analyze(&cfg).unwrap().to_json());
+    let in_memory = strip(
+        analyze_rows(&AnalyzeConfig::default(), rows.clone(), Vec::new(), None)
+            .unwrap()
+            .to_json(),
+    );
+    assert_eq!(from_files, in_memory);
+    assert!(from_files.contains("odd-one"));
+    cfg.threads = 3;
+    assert_eq!(strip(analyze(&cfg).unwrap().to_json()), in_memory);
+}
