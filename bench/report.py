@@ -38,7 +38,9 @@ def ratio(a, b):
     if b <= 0 or abs(b) < 1e-9:
         # A peer that adds nothing measurable (≤ 0 within noise) has no meaningful ratio.
         return f"n/a (peer {b:+.3g}, retrace {a:+.3g})"
-    return f"{a / b:.2f}×"
+    r = a / b
+    # Two significant figures below 0.1, so a ratio of 0.0006 does not print as 0.00.
+    return f"{r:.2f}×" if abs(r) >= 0.1 or r == 0 else f"{r:.2g}×"
 
 
 def load(path):
