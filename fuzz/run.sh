@@ -7,7 +7,7 @@
 # Two builds (RETRACE_FUZZ_MODE):
 # - `deep` (default): nightly toolchain, optimised, address sanitizer. The longer run for
 #   bench/ and for hunting; its first build takes ~20 min on 2 cores.
-# - `ci`: the stable toolchain, an unoptimised build (debug assertions and overflow checks
+# - `ci`: the default (stable) toolchain, an unoptimised build (debug assertions and overflow checks
 #   on, so arithmetic overflows are found too) without a sanitizer: all our crates forbid
 #   `unsafe`, so the sanitizer mostly guards dependencies. Builds in ~4-5 min on 2 cores;
 #   ~2,000 inputs/s per target. libFuzzer's coverage instrumentation uses rustc flags that
@@ -22,8 +22,9 @@ targets=("$@")
 mode="${RETRACE_FUZZ_MODE:-deep}"
 case "$mode" in
   ci)
+    # The default toolchain, whatever rustup calls it (a CI machine may have only one).
     export RUSTC_BOOTSTRAP=1
-    cargo_cmd=(cargo +stable)
+    cargo_cmd=(cargo)
     build_flags=(--dev --sanitizer none)
     ;;
   deep)
