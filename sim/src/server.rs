@@ -1077,11 +1077,9 @@ fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     Ok(listener)
 }
 
-/// Kernel receive times of the connection's reads: `SO_TIMESTAMPNS` on the socket and
-/// `recvmsg` for its `SCM_TIMESTAMPNS` control message, which carries when the read's (last)
-/// bytes reached the socket (`CLOCK_REALTIME`). Elsewhere, or when the kernel attaches no
-/// stamp, a read is timed when it returns. (replay's client has its own copy: the crates
-/// share only `retrace-traces`, which has no tokio.)
+/// Kernel receive times of the connection's reads (`retrace-netstamp`, shared with replay's
+/// client): when the read's (last) bytes reached the socket, whatever the sim's core was
+/// doing then.
 mod kernel_rx {
     use std::io;
     use std::pin::Pin;
@@ -1094,42 +1092,9 @@ mod kernel_rx {
 
     /// Turns the option on for a listener (best effort): its accepted sockets inherit it.
     pub(crate) fn enable(listener: &TcpListener) {
-        #[cfg(target_os = "linux")]
-        {
-            use nix::sys::socket::{setsockopt, sockopt};
-            if let Err(e) = setsockopt(listener, sockopt::ReceiveTimestampns, &true) {
-                tracing::debug!("SO_TIMESTAMPNS unavailable ({e}): arrivals timed by the reads");
-            }
+        if let Err(e) = retrace_netstamp::enable_on_listener(listener) {
+            tracing::debug!("SO_TIMESTAMPNS unavailable ({e}): arrivals timed by the reads");
         }
-        #[cfg(not(target_os = "linux"))]
-        let _ = listener;
-    }
-
-    /// The wall clock and the monotonic clock read together: the monotonic reads on either
-    /// side of the wall-clock read bound the pairing error, and a pair split by a preemption
-    /// (which would skew every stamp of the connection) is taken again.
-    #[cfg(target_os = "linux")]
-    fn clock_pair() -> (std::time::SystemTime, Instant) {
-        let mut best: Option<(std::time::Duration, std::time::SystemTime, Instant)> = None;
-        for _ in 0..5 {
-            let before = Instant::now();
-            let wall = std::time::SystemTime::now();
-            let gap = before.elapsed();
-            if best.is_none_or(|(g, _, _)| gap < g) {
-                best = Some((gap, wall, before + gap / 2));
-            }
-            if gap < std::time::Duration::from_micros(20) {
-                break;
-            }
-        }
-        let (_, wall, mono) = best.unwrap_or_else(|| {
-            (
-                Default::default(),
-                std::time::SystemTime::now(),
-                Instant::now(),
-            )
-        });
-        (wall, mono)
     }
 
     /// When the connection's latest read's bytes reached the socket.
@@ -1149,119 +1114,21 @@ mod kernel_rx {
     pub(crate) struct Stamped {
         inner: TcpStream,
         last: LastRead,
-        /// The wall clock and the monotonic clock read together, to turn the kernel's
-        /// wall-clock stamps into `Instant`s (sampled once per connection).
-        #[cfg(target_os = "linux")]
-        wall_at: std::time::SystemTime,
-        #[cfg(target_os = "linux")]
-        mono_at: Instant,
-        /// Room for one `SCM_TIMESTAMPNS`; `None` when the option could not be set.
-        #[cfg(target_os = "linux")]
-        cmsg: Option<Vec<u8>>,
+        rx: retrace_netstamp::KernelRx,
     }
 
     impl Stamped {
-        #[cfg(target_os = "linux")]
         pub(crate) fn new(inner: TcpStream) -> Stamped {
-            use nix::sys::socket::{setsockopt, sockopt};
-            let on = setsockopt(&inner, sockopt::ReceiveTimestampns, &true).is_ok();
-            let (wall_at, mono_at) = clock_pair();
+            let rx = retrace_netstamp::KernelRx::new(&inner);
             Stamped {
                 inner,
                 last: LastRead::default(),
-                wall_at,
-                mono_at,
-                cmsg: on.then(|| nix::cmsg_space!(nix::sys::time::TimeSpec)),
-            }
-        }
-
-        #[cfg(not(target_os = "linux"))]
-        pub(crate) fn new(inner: TcpStream) -> Stamped {
-            Stamped {
-                inner,
-                last: LastRead::default(),
+                rx,
             }
         }
 
         pub(crate) fn last_read(&self) -> LastRead {
             self.last.clone()
-        }
-
-        /// Reads into `buf`; returns when the bytes reached the socket (never later than now).
-        #[cfg(target_os = "linux")]
-        fn read_stamped(
-            &mut self,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<Instant>> {
-            use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-            use std::os::fd::AsRawFd;
-            let Some(cmsg) = self.cmsg.as_mut() else {
-                let poll = tokio::io::AsyncRead::poll_read(Pin::new(&mut self.inner), cx, buf);
-                return poll.map_ok(|()| Instant::now());
-            };
-            loop {
-                ready!(self.inner.poll_read_ready(cx))?;
-                let dst = buf.initialize_unfilled();
-                let fd = self.inner.as_raw_fd();
-                let got = self.inner.try_io(tokio::io::Interest::READABLE, || {
-                    let mut iov = [io::IoSliceMut::new(dst)];
-                    let msg =
-                        recvmsg::<()>(fd, &mut iov, Some(cmsg.as_mut_slice()), MsgFlags::empty())
-                            .map_err(io::Error::from)?;
-                    let mut at = None;
-                    if let Ok(cmsgs) = msg.cmsgs() {
-                        for c in cmsgs {
-                            if let ControlMessageOwned::ScmTimestampns(ts) = c {
-                                at = Some(ts);
-                            }
-                        }
-                    }
-                    Ok((msg.bytes, at))
-                });
-                match got {
-                    Ok((n, at)) => {
-                        buf.advance(n);
-                        let now = Instant::now();
-                        return Poll::Ready(Ok(at.map_or(now, |ts| self.instant(ts).min(now))));
-                    }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                        ) =>
-                    {
-                        continue
-                    }
-                    Err(e) => return Poll::Ready(Err(e)),
-                }
-            }
-        }
-
-        #[cfg(not(target_os = "linux"))]
-        fn read_stamped(
-            &mut self,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<Instant>> {
-            let poll = tokio::io::AsyncRead::poll_read(Pin::new(&mut self.inner), cx, buf);
-            poll.map_ok(|()| Instant::now())
-        }
-
-        /// The monotonic instant of a kernel wall-clock stamp.
-        #[cfg(target_os = "linux")]
-        fn instant(&self, ts: nix::sys::time::TimeSpec) -> Instant {
-            let since_epoch = std::time::Duration::new(
-                ts.tv_sec().max(0) as u64,
-                ts.tv_nsec().clamp(0, 999_999_999) as u32,
-            );
-            match (std::time::UNIX_EPOCH + since_epoch).duration_since(self.wall_at) {
-                Ok(after) => self.mono_at + after,
-                Err(before) => self
-                    .mono_at
-                    .checked_sub(before.duration())
-                    .unwrap_or(self.mono_at),
-            }
         }
     }
 
@@ -1273,7 +1140,7 @@ mod kernel_rx {
         ) -> Poll<io::Result<()>> {
             let this = self.get_mut();
             let before = buf.filled().len();
-            let at = ready!(this.read_stamped(cx, buf))?;
+            let at = ready!(this.rx.poll_read(&mut this.inner, cx, buf))?;
             if buf.filled().len() > before {
                 this.last.set(at);
             }
