@@ -10,7 +10,7 @@ use retrace_analyze::stats::GrowthShape;
 use retrace_analyze::{analyze, AnalyzeConfig};
 use retrace_replay::{replay, ReplayConfig, TraceInput};
 use retrace_sim::{spawn, SimConfig};
-use retrace_traces::{Endpoint, Outcome, RequestRow, TokenSource};
+use retrace_traces::{Endpoint, RequestRow};
 
 /// Simulated minutes per real second.
 const SPEEDUP: f64 = 60.0;
@@ -18,31 +18,14 @@ const SPEEDUP: f64 = 60.0;
 fn trace(n: usize, gap_us: i64) -> Vec<RequestRow> {
     (0..n)
         .map(|i| RequestRow {
-            request_id: format!("req-{i}"),
-            arrival_us: 1_700_000_000_000_000 + i as i64 * gap_us,
-            session_id: None,
-            endpoint: Endpoint::Completions,
-            model: None,
-            stream: true,
             prompt_tokens: Some(50 + (i % 7) as u32 * 20),
-            prompt_tokens_source: TokenSource::Imported,
-            max_tokens: None,
-            message_count: None,
             output_tokens: Some(8),
-            output_tokens_source: TokenSource::Imported,
-            prefix_hashes: vec![],
             status: Some(200),
-            outcome: Outcome::Ok,
-            ttfb_us: None,
-            ttft_us: None,
-            e2e_us: None,
-            chunk_count: None,
-            itl: None,
-            request_bytes: None,
-            response_bytes: None,
-            finish_reason: None,
-            prompt_text: None,
-            response_text: None,
+            ..RequestRow::imported(
+                format!("req-{i}"),
+                1_700_000_000_000_000 + i as i64 * gap_us,
+                Endpoint::Completions,
+            )
         })
         .collect()
 }

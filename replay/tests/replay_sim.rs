@@ -10,36 +10,15 @@ use arrow_array::{Array, Int64Array, StringArray, UInt32Array};
 use retrace_replay::{replay, ReplayConfig, ReplayError, ScheduleConfig, TraceInput};
 use retrace_sim::{spawn, SimConfig};
 use retrace_traces::{
-    Endpoint, ErrorKind, Outcome, RequestRow, ResultRow, SampleRow, SampleSource, TokenSource,
+    Endpoint, ErrorKind, RequestRow, ResultRow, SampleRow, SampleSource, TokenSource,
 };
 
 fn row(i: usize, arrival_us: i64, prompt: u32, output: u32, endpoint: Endpoint) -> RequestRow {
     RequestRow {
-        request_id: format!("req-{i}"),
-        arrival_us,
-        session_id: None,
-        endpoint,
-        model: None,
-        stream: true,
         prompt_tokens: Some(prompt),
-        prompt_tokens_source: TokenSource::Imported,
-        max_tokens: None,
-        message_count: None,
         output_tokens: Some(output),
-        output_tokens_source: TokenSource::Imported,
-        prefix_hashes: vec![],
         status: Some(200),
-        outcome: Outcome::Ok,
-        ttfb_us: None,
-        ttft_us: None,
-        e2e_us: None,
-        chunk_count: None,
-        itl: None,
-        request_bytes: None,
-        response_bytes: None,
-        finish_reason: None,
-        prompt_text: None,
-        response_text: None,
+        ..RequestRow::imported(format!("req-{i}"), arrival_us, endpoint)
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use retrace_replay::{replay, ReplayArgs, ReplayConfig, ReplayError, TraceInput};
 use retrace_traces::tokenizer::Tokenizer;
-use retrace_traces::{Endpoint, Outcome, RequestRow, ResultRow, TokenSource};
+use retrace_traces::{Endpoint, RequestRow, ResultRow, TokenSource};
 use serde_json::{json, Map, Value};
 
 /// Words that are one token each (with their leading space) in the test vocabulary: a
@@ -68,31 +68,10 @@ fn tiny_byte_level_tokenizer_json() -> String {
 
 fn row(i: usize, arrival_us: i64, prompt: u32, endpoint: Endpoint) -> RequestRow {
     RequestRow {
-        request_id: format!("req-{i}"),
-        arrival_us,
-        session_id: None,
-        endpoint,
-        model: None,
-        stream: true,
         prompt_tokens: Some(prompt),
-        prompt_tokens_source: TokenSource::Imported,
-        max_tokens: None,
-        message_count: None,
         output_tokens: Some(2),
-        output_tokens_source: TokenSource::Imported,
-        prefix_hashes: vec![],
         status: Some(200),
-        outcome: Outcome::Ok,
-        ttfb_us: None,
-        ttft_us: None,
-        e2e_us: None,
-        chunk_count: None,
-        itl: None,
-        request_bytes: None,
-        response_bytes: None,
-        finish_reason: None,
-        prompt_text: None,
-        response_text: None,
+        ..RequestRow::imported(format!("req-{i}"), arrival_us, endpoint)
     }
 }
 

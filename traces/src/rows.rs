@@ -234,6 +234,41 @@ pub struct RequestRow {
     pub response_text: Option<String>,
 }
 
+impl RequestRow {
+    /// A row of an imported trace with only its id, arrival and endpoint known: streamed,
+    /// outcome ok, token counts' source `Imported`, everything else absent. Importers (and
+    /// tests) fill in what their format has, e.g. with struct update syntax.
+    pub fn imported(request_id: String, arrival_us: i64, endpoint: Endpoint) -> RequestRow {
+        RequestRow {
+            request_id,
+            arrival_us,
+            session_id: None,
+            endpoint,
+            model: None,
+            stream: true,
+            prompt_tokens: None,
+            prompt_tokens_source: TokenSource::Imported,
+            max_tokens: None,
+            message_count: None,
+            output_tokens: None,
+            output_tokens_source: TokenSource::Imported,
+            prefix_hashes: Vec::new(),
+            status: None,
+            outcome: Outcome::Ok,
+            ttfb_us: None,
+            ttft_us: None,
+            e2e_us: None,
+            chunk_count: None,
+            itl: None,
+            request_bytes: None,
+            response_bytes: None,
+            finish_reason: None,
+            prompt_text: None,
+            response_text: None,
+        }
+    }
+}
+
 /// One replayed request: the trace row it came from, when it was meant to go and went,
 /// and what was measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -22,7 +22,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use crate::{Endpoint, Outcome, RequestRow, TokenSource, TracesError};
+use crate::{Endpoint, RequestRow, TracesError};
 
 /// Where relative traces (BurstGPT, Mooncake) start when no base is given:
 /// 2024-01-01T00:00:00Z, in µs since the Unix epoch.
@@ -420,33 +420,7 @@ pub(crate) fn base_row(
     arrival_us: i64,
     endpoint: Endpoint,
 ) -> RequestRow {
-    RequestRow {
-        request_id: format!("{format}-{line}"),
-        arrival_us,
-        session_id: None,
-        endpoint,
-        model: None,
-        stream: true,
-        prompt_tokens: None,
-        prompt_tokens_source: TokenSource::Imported,
-        max_tokens: None,
-        message_count: None,
-        output_tokens: None,
-        output_tokens_source: TokenSource::Imported,
-        prefix_hashes: Vec::new(),
-        status: None,
-        outcome: Outcome::Ok,
-        ttfb_us: None,
-        ttft_us: None,
-        e2e_us: None,
-        chunk_count: None,
-        itl: None,
-        request_bytes: None,
-        response_bytes: None,
-        finish_reason: None,
-        prompt_text: None,
-        response_text: None,
-    }
+    RequestRow::imported(format!("{format}-{line}"), arrival_us, endpoint)
 }
 
 #[cfg(test)]
