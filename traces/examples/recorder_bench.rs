@@ -53,6 +53,10 @@ use retrace_traces::GapSummary;
 
 type Error = Box<dyn std::error::Error>;
 
+/// The `retrace` binary's allocator: the recorder runs inside it, so this measures what ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// One row of the Mooncake sample, with the session derived from shared prefixes.
 struct MoonRow {
     hash_ids: Vec<u64>,
