@@ -55,6 +55,11 @@ impl WireStamps {
         if !s.writing {
             s.writing = true;
             s.request_written = Some(Instant::now());
+            // A read not taken by the previous exchange (its last bytes, read after its
+            // last frame was handed over) is not this request's response: left here, it
+            // timed this response's head and first token before the request was sent
+            // (TTFT 0 in CI, on a kept-alive connection).
+            s.read = None;
         }
     }
 
@@ -381,5 +386,23 @@ mod tests {
         drop(server);
         let mut buf = [0u8; 8];
         assert_eq!(stamped.read(&mut buf).await.unwrap(), 0);
+    }
+
+    /// Issue #5 regression (seen in CI against llama.cpp: TTFT 0 on one request): a
+    /// read that the previous exchange on a kept-alive connection did not take must not
+    /// time the next request's response.
+    #[test]
+    fn issue5_a_read_before_the_request_is_not_its_response() {
+        let stamps = WireStamps::default();
+        stamps.wrote();
+        let previous_tail = Instant::now();
+        stamps.read_bytes(previous_tail); // the last bytes of response 1, never taken
+        std::thread::sleep(Duration::from_millis(2));
+        stamps.wrote(); // request 2's head
+        let written = stamps.request_written().expect("request 2 written");
+        assert!(written > previous_tail);
+        let head = Instant::now();
+        stamps.read_bytes(head);
+        assert_eq!(stamps.take_read(), Some(head), "request 2's own read");
     }
 }
