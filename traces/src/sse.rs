@@ -89,7 +89,7 @@ impl EventSplitter {
         loop {
             let from = self.line_start.max(self.scanned);
             let rest = &self.buf[from..];
-            let Some(eol) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
+            let Some(eol) = memchr::memchr2(b'\n', b'\r', rest) else {
                 self.scanned = self.buf.len();
                 break;
             };
@@ -134,7 +134,7 @@ impl EventSplitter {
         if line.first() == Some(&b':') {
             return; // comment
         }
-        let (name, value) = match line.iter().position(|&b| b == b':') {
+        let (name, value) = match memchr::memchr(b':', line) {
             Some(colon) => {
                 let value = &line[colon + 1..];
                 (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
