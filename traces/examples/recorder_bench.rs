@@ -3,7 +3,8 @@
 //!
 //! `cargo run --release -p retrace-traces --example recorder_bench -- --rows 10000000`
 //! (options: `--rows N`, `--dir D` to keep the files, `--group-rows N` (rows per row group), `--lengths azure|mooncake`, `--sessions`,
-//! `--variants` to compare writer settings on the same rows in memory).
+//! `--variants` to compare writer settings on the same rows in memory, `--schema-options`
+//! to measure what lossy schema choices would save on disk).
 //!
 //! # Where the rows come from
 //! Every distribution that the real traces in `traces/samples/` contain is resampled from
@@ -358,6 +359,7 @@ fn main() -> Result<(), Error> {
     let mut rows: u64 = 1_000_000;
     let mut keep_dir = None;
     let mut variants = false;
+    let mut schema_options = false;
     let mut only: Option<String> = None;
     let mut group_rows: Option<usize> = None;
     let mut mooncake_lengths = false;
@@ -367,6 +369,7 @@ fn main() -> Result<(), Error> {
         match a.as_str() {
             "--rows" => rows = args.next().ok_or("--rows needs a value")?.parse()?,
             "--variants" => variants = true,
+            "--schema-options" => schema_options = true,
             "--only" => only = Some(args.next().ok_or("--only needs a value")?),
             "--group-rows" => {
                 group_rows = Some(args.next().ok_or("--group-rows needs a value")?.parse()?)
@@ -387,6 +390,9 @@ fn main() -> Result<(), Error> {
     }
     if variants {
         return compare_variants(rows, mooncake_lengths, sessions, only.as_deref());
+    }
+    if schema_options {
+        return compare_schema_options(rows, mooncake_lengths, sessions);
     }
     let tmp = tempfile::tempdir()?;
     let dir = keep_dir
@@ -502,6 +508,116 @@ fn main() -> Result<(), Error> {
         "column_bytes_per_row": per_column,
     });
     println!("{line}");
+    Ok(())
+}
+
+/// Rounds `v` to three significant decimal digits (0.05% relative error at most: the
+/// precision of the analyzer's HDR histograms).
+fn three_digits(v: u64) -> u64 {
+    let mut scale = 1;
+    while v / scale >= 1000 {
+        scale *= 10;
+    }
+    (v + scale / 2) / scale * scale
+}
+
+/// `--schema-options`: the bytes a row would take on disk (the real writer, same rows)
+/// under lossy schema choices, applied cumulatively; one JSON line each. For the ≤ 24
+/// bytes-a-row goal, which the current schema's information content puts out of reach.
+fn compare_schema_options(rows: u64, mooncake_lengths: bool, sessions: bool) -> Result<(), Error> {
+    let mut gen = Gen::new(42, mooncake_lengths, sessions)?;
+    let mut all: Vec<RequestRow> = (0..rows).map(|_| gen.row()).collect();
+    all.sort_by_key(|r| r.arrival_us + r.e2e_us.unwrap_or(0) as i64);
+    let measure = |name: &str, rows: &[RequestRow]| -> Result<(), Error> {
+        let tmp = tempfile::tempdir()?;
+        let meta = FileMeta {
+            producer: "recorder_bench".to_string(),
+            prefix_block_tokens: Some(512),
+            ..FileMeta::default()
+        };
+        let mut writer =
+            RowWriter::<RequestRow>::create(WriterOptions::new(tmp.path(), "opt", meta))?;
+        for r in rows {
+            writer.push(r.clone())?;
+        }
+        let mut bytes = 0;
+        for f in writer.close()? {
+            bytes += std::fs::metadata(f)?.len();
+        }
+        let line = serde_json::json!({
+            "option": name,
+            "rows": rows.len(),
+            "bytes_per_row": (bytes as f64 / rows.len() as f64 * 100.0).round() / 100.0,
+        });
+        println!("{line}");
+        Ok(())
+    };
+    measure("current", &all)?;
+    // Per-recording block ids (first seen, first numbered) instead of 64-bit hashes: equal
+    // blocks still get equal values, within one recording only (Mooncake's `hash_ids`).
+    let mut ids: HashMap<u64, u64> = HashMap::new();
+    for r in &mut all {
+        for h in &mut r.prefix_hashes {
+            let next = ids.len() as u64 + 1;
+            *h = *ids.entry(*h).or_insert(next);
+        }
+    }
+    measure("+block_ids", &all)?;
+    // Latencies to three significant digits.
+    for r in &mut all {
+        for v in [&mut r.ttfb_us, &mut r.ttft_us, &mut r.e2e_us]
+            .into_iter()
+            .flatten()
+        {
+            *v = three_digits(*v);
+        }
+        if let Some(itl) = r.itl.as_mut() {
+            for v in [
+                &mut itl.mean_us,
+                &mut itl.p50_us,
+                &mut itl.p99_us,
+                &mut itl.max_us,
+            ] {
+                *v = three_digits(*v);
+            }
+        }
+    }
+    measure("+latencies_3_digits", &all)?;
+    // The derived columns dropped (stored constant here): itl_count = chunk_count - 1, and
+    // the ITL mean, which (e2e - ttft) / itl_count nearly gives.
+    for r in &mut all {
+        if let Some(itl) = r.itl.as_mut() {
+            itl.count = 0;
+            itl.mean_us = 0;
+        }
+    }
+    measure("+no_itl_count_mean", &all)?;
+    // Byte counts to three significant digits.
+    for r in &mut all {
+        for v in [&mut r.request_bytes, &mut r.response_bytes]
+            .into_iter()
+            .flatten()
+        {
+            *v = three_digits(*v);
+        }
+    }
+    measure("+bytes_3_digits", &all)?;
+    // Latencies in units of 100 µs (a column unit change, not just rounding): the encoders
+    // only gain from smaller numbers, not from decimal zeros.
+    for r in &mut all {
+        for v in [&mut r.ttfb_us, &mut r.ttft_us, &mut r.e2e_us]
+            .into_iter()
+            .flatten()
+        {
+            *v /= 100;
+        }
+        if let Some(itl) = r.itl.as_mut() {
+            for v in [&mut itl.p50_us, &mut itl.p99_us, &mut itl.max_us] {
+                *v /= 100;
+            }
+        }
+    }
+    measure("+latencies_in_100us_units", &all)?;
     Ok(())
 }
 
