@@ -521,6 +521,26 @@ fn three_digits(v: u64) -> u64 {
     (v + scale / 2) / scale * scale
 }
 
+/// Applies `f` to every latency of `r` (TTFB, TTFT, E2E and the ITL summary).
+fn map_latencies(r: &mut RequestRow, f: impl Fn(u64) -> u64) {
+    for v in [&mut r.ttfb_us, &mut r.ttft_us, &mut r.e2e_us]
+        .into_iter()
+        .flatten()
+    {
+        *v = f(*v);
+    }
+    if let Some(itl) = r.itl.as_mut() {
+        for v in [
+            &mut itl.mean_us,
+            &mut itl.p50_us,
+            &mut itl.p99_us,
+            &mut itl.max_us,
+        ] {
+            *v = f(*v);
+        }
+    }
+}
+
 /// `--schema-options`: the bytes a row would take on disk (the real writer, same rows)
 /// under lossy schema choices, applied cumulatively; one JSON line each. For the ≤ 24
 /// bytes-a-row goal, which the current schema's information content puts out of reach.
@@ -565,22 +585,7 @@ fn compare_schema_options(rows: u64, mooncake_lengths: bool, sessions: bool) -> 
     measure("+block_ids", &all)?;
     // Latencies to three significant digits.
     for r in &mut all {
-        for v in [&mut r.ttfb_us, &mut r.ttft_us, &mut r.e2e_us]
-            .into_iter()
-            .flatten()
-        {
-            *v = three_digits(*v);
-        }
-        if let Some(itl) = r.itl.as_mut() {
-            for v in [
-                &mut itl.mean_us,
-                &mut itl.p50_us,
-                &mut itl.p99_us,
-                &mut itl.max_us,
-            ] {
-                *v = three_digits(*v);
-            }
-        }
+        map_latencies(r, three_digits);
     }
     measure("+latencies_3_digits", &all)?;
     // The derived columns dropped (stored constant here): itl_count = chunk_count - 1, and
@@ -605,17 +610,7 @@ fn compare_schema_options(rows: u64, mooncake_lengths: bool, sessions: bool) -> 
     // Latencies in units of 100 µs (a column unit change, not just rounding): the encoders
     // only gain from smaller numbers, not from decimal zeros.
     for r in &mut all {
-        for v in [&mut r.ttfb_us, &mut r.ttft_us, &mut r.e2e_us]
-            .into_iter()
-            .flatten()
-        {
-            *v /= 100;
-        }
-        if let Some(itl) = r.itl.as_mut() {
-            for v in [&mut itl.p50_us, &mut itl.p99_us, &mut itl.max_us] {
-                *v /= 100;
-            }
-        }
+        map_latencies(r, |v| v / 100);
     }
     measure("+latencies_in_100us_units", &all)?;
     Ok(())

@@ -115,15 +115,38 @@ impl<'a> Parser<'a> {
             self.expect(b':')?;
             self.ws();
             f(self, key)?;
-            self.ws();
-            match self.peek()? {
-                b',' => self.i += 1,
-                b'}' => {
-                    self.i += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if self.end_of(b'}')? {
+                return Some(());
             }
+        }
+    }
+
+    /// The elements of an array whose `[` was consumed, through `f(parser)` (at the
+    /// element, whitespace skipped), which reads it or abstains.
+    fn elements(&mut self, mut f: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.ws();
+        if self.peek()? == b']' {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            self.ws();
+            f(self)?;
+            if self.end_of(b']')? {
+                return Some(());
+            }
+        }
+    }
+
+    /// After a member or element: `,` (more follow: false) or `close` (the end: true).
+    fn end_of(&mut self, close: u8) -> Option<bool> {
+        self.ws();
+        let b = self.peek()?;
+        self.i += 1;
+        match b {
+            b',' => Some(false),
+            _ if b == close => Some(true),
+            _ => None,
         }
     }
 
@@ -175,33 +198,16 @@ impl<'a> Parser<'a> {
             _ => return None,
         }
         let mut read_one = false;
-        self.ws();
-        if self.peek()? == b']' {
-            self.i += 1;
-            return Some(());
-        }
-        loop {
-            self.ws();
-            match self.peek()? {
-                // A null element is skipped by the serde path too.
-                b'n' => self.literal(b"null")?,
-                b'{' if !read_one => {
-                    self.i += 1;
-                    self.choice(out)?;
-                    read_one = true;
-                }
-                _ => return None, // several choices, or an odd element: serde's job
+        self.elements(|p| match p.peek()? {
+            // A null element is skipped by the serde path too.
+            b'n' => p.literal(b"null"),
+            b'{' if !read_one => {
+                p.i += 1;
+                read_one = true;
+                p.choice(out)
             }
-            self.ws();
-            match self.peek()? {
-                b',' => self.i += 1,
-                b']' => {
-                    self.i += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-        }
+            _ => None, // several choices, or an odd element: serde's job
+        })
     }
 
     /// The one choice (its `{` consumed): with a single choice it is the first one.
@@ -281,24 +287,7 @@ impl<'a> Parser<'a> {
             }
             b'[' => {
                 self.i += 1;
-                self.ws();
-                if self.peek()? == b']' {
-                    self.i += 1;
-                    return Some(());
-                }
-                loop {
-                    self.ws();
-                    self.skip_value(depth + 1)?;
-                    self.ws();
-                    match self.peek()? {
-                        b',' => self.i += 1,
-                        b']' => {
-                            self.i += 1;
-                            return Some(());
-                        }
-                        _ => return None,
-                    }
-                }
+                self.elements(|p| p.skip_value(depth + 1))
             }
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
