@@ -303,6 +303,9 @@ async fn run_engine(
             if let Some(t) = truth.as_mut() {
                 t.push(finished)?;
             }
+            if config.leak_per_request_bytes > 0 || config.leak_rate_bytes_per_hour > 0 {
+                set_leaked(&metrics, &leak);
+            }
             deadline = Instant::now();
             continue;
         }

@@ -47,7 +47,16 @@ async fn leaks_show_in_rss_and_plateaus_stop_them() {
         .await;
         assert_eq!(r.status, 200);
     }
-    let (rss1, leaked) = rss(&c, &url).await;
+    // The engine publishes a finished request's leak just after handing over its last
+    // bytes, so a client can ask a moment before it shows (seen once on a loaded machine).
+    let (mut rss1, mut leaked) = rss(&c, &url).await;
+    for _ in 0..100 {
+        if leaked >= 60.0 * MIB {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        (rss1, leaked) = rss(&c, &url).await;
+    }
     assert_eq!(leaked, 60.0 * MIB);
     assert!(
         rss1 - rss0 > 50.0 * MIB,
