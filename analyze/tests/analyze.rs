@@ -431,31 +431,22 @@ fn production_rows(rate_per_s: f64, minutes: i64) -> Vec<RequestRow> {
     let n = (rate_per_s * minutes as f64 * 60.0) as i64;
     (0..n)
         .map(|i| RequestRow {
-            request_id: format!("p-{i}"),
-            arrival_us: 1_764_500_000_000_000 + i * (1e6 / rate_per_s) as i64,
-            session_id: None,
-            endpoint: retrace_traces::Endpoint::Completions,
-            model: None,
-            stream: true,
             prompt_tokens: Some(if i % 2 == 0 { 100 } else { 3000 }),
             prompt_tokens_source: TokenSource::Usage,
             max_tokens: Some(256),
-            message_count: None,
             output_tokens: Some(120),
             output_tokens_source: TokenSource::Usage,
-            prefix_hashes: Vec::new(),
             status: Some(200),
             outcome: Outcome::Ok,
             ttfb_us: Some(50_000),
             ttft_us: Some(60_000),
             e2e_us: Some(3_000_000),
             chunk_count: Some(120),
-            itl: None,
-            request_bytes: None,
-            response_bytes: None,
-            finish_reason: None,
-            prompt_text: None,
-            response_text: None,
+            ..RequestRow::imported(
+                format!("p-{i}"),
+                1_764_500_000_000_000 + i * (1e6 / rate_per_s) as i64,
+                retrace_traces::Endpoint::Completions,
+            )
         })
         .collect()
 }

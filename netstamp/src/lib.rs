@@ -101,8 +101,7 @@ impl KernelRx {
         use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
         use std::os::fd::AsRawFd;
         let Some(cmsg) = self.cmsg.as_mut() else {
-            let poll = tokio::io::AsyncRead::poll_read(std::pin::Pin::new(stream), cx, buf);
-            return poll.map_ok(|()| Instant::now());
+            return read_timed_on_return(stream, cx, buf);
         };
         loop {
             std::task::ready!(stream.poll_read_ready(cx))?;
@@ -143,8 +142,7 @@ impl KernelRx {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<Instant>> {
-        let poll = tokio::io::AsyncRead::poll_read(std::pin::Pin::new(stream), cx, buf);
-        poll.map_ok(|()| Instant::now())
+        read_timed_on_return(stream, cx, buf)
     }
 
     /// The monotonic instant of a kernel wall-clock stamp.
@@ -163,4 +161,14 @@ impl KernelRx {
                 .unwrap_or(self.mono_at),
         }
     }
+}
+
+/// A plain read, timed when it returns (no kernel stamp to be had).
+fn read_timed_on_return(
+    stream: &mut TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<Instant>> {
+    let poll = tokio::io::AsyncRead::poll_read(std::pin::Pin::new(stream), cx, buf);
+    poll.map_ok(|()| Instant::now())
 }

@@ -240,6 +240,8 @@ async fn run_engine(
     let mut deadline = Instant::now();
     let mut next_stall_us = config.stall.map(|s| s.every_us as i64);
     let mut rate_leaked_bytes: u64 = 0;
+    // Without a leak configured, the metrics lock is not taken every step.
+    let publishes_leak = config.leak_per_request_bytes > 0 || config.leak_rate_bytes_per_hour > 0;
     let mut shutting_down = false;
     let mut closed = false;
     while !shutting_down {
@@ -303,7 +305,7 @@ async fn run_engine(
             if let Some(t) = truth.as_mut() {
                 t.push(finished)?;
             }
-            if config.leak_per_request_bytes > 0 || config.leak_rate_bytes_per_hour > 0 {
+            if publishes_leak {
                 set_leaked(&metrics, &leak);
             }
             deadline = Instant::now();
@@ -330,7 +332,7 @@ async fn run_engine(
                 t.push(finished)?;
             }
         }
-        if config.leak_per_request_bytes > 0 || config.leak_rate_bytes_per_hour > 0 {
+        if publishes_leak {
             set_leaked(&metrics, &leak);
         }
     }

@@ -52,31 +52,15 @@ pub fn full_request(i: u64) -> RequestRow {
 /// A request row with every optional field empty.
 pub fn sparse_request(i: u64) -> RequestRow {
     RequestRow {
-        request_id: format!("sparse-{i}"),
-        arrival_us: T0 + i as i64 * 1_000 + 500,
-        session_id: None,
-        endpoint: Endpoint::Completions,
-        model: None,
         stream: false,
-        prompt_tokens: None,
         prompt_tokens_source: TokenSource::Unknown,
-        max_tokens: None,
-        message_count: None,
-        output_tokens: None,
         output_tokens_source: TokenSource::Unknown,
-        prefix_hashes: Vec::new(),
-        status: None,
         outcome: Outcome::ClientCancelled,
-        ttfb_us: None,
-        ttft_us: None,
-        e2e_us: None,
-        chunk_count: None,
-        itl: None,
-        request_bytes: None,
-        response_bytes: None,
-        finish_reason: None,
-        prompt_text: None,
-        response_text: None,
+        ..RequestRow::imported(
+            format!("sparse-{i}"),
+            T0 + i as i64 * 1_000 + 500,
+            Endpoint::Completions,
+        )
     }
 }
 
