@@ -247,13 +247,21 @@ impl StreamObserver {
         }
         // The common shape first, without serde; it abstains on anything else.
         if let Some(chunk) = self.fast_path.then(|| skim::skim(trimmed)).flatten() {
+            // The skim let only valid UTF-8 through: these conversions are checks only.
             if self.text_cap_bytes.is_some() {
                 for text in chunk.texts.into_iter().flatten() {
-                    self.capture(text);
+                    self.capture(&String::from_utf8_lossy(text));
                 }
             }
             if let Some(reason) = chunk.finish_reason {
-                self.obs.finish_reason = Some(reason.to_string());
+                self.obs.finish_reason = Some(String::from_utf8_lossy(reason).into_owned());
+            }
+            if let Some([prompt, completion]) = chunk.usage {
+                let usage = Usage {
+                    prompt_tokens: LenientU32(prompt),
+                    completion_tokens: LenientU32(completion),
+                };
+                self.take_usage(Some(&usage), None);
             }
             self.content_chunk(chunk.has_text, at_us);
             return;
