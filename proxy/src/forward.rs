@@ -38,6 +38,8 @@ pub(crate) struct Shared {
     /// Random hex prefix of this process's request ids.
     pub(crate) id_prefix: String,
     pub(crate) id_counter: AtomicU64,
+    /// The upstream's `Host` (unless `--preserve-host`), made once.
+    pub(crate) upstream_host: Option<HeaderValue>,
     /// Wall clock (UTC µs) and monotonic instant at the proxy's start, for scaled times.
     pub(crate) start_us: i64,
     pub(crate) start: Instant,
@@ -49,7 +51,44 @@ impl Shared {
         // proxies (pods) merged together, and nearly sorted within one, so the column
         // (DELTA_BYTE_ARRAY) costs about a byte a row instead of nine for random ids.
         let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n:010}", self.id_prefix)
+        let digits = n.to_string();
+        let mut id = String::with_capacity(self.id_prefix.len() + 1 + digits.len().max(10));
+        id.push_str(&self.id_prefix);
+        id.push('-');
+        for _ in digits.len()..10 {
+            id.push('0');
+        }
+        id.push_str(&digits);
+        id
+    }
+}
+
+/// What the upstream request says about the client's connection, made once a connection
+/// (a request's forwarding headers were a tenth of the proxy's instructions when each was
+/// formatted again).
+pub(crate) struct Peer {
+    /// `http` or `https`: the protocol the client spoke to the proxy.
+    proto: &'static str,
+    /// The client's address as an `X-Forwarded-For` element.
+    forwarded_for: HeaderValue,
+    /// The `for=` parameter of a `Forwarded` element (RFC 7239: IPv6 quoted, bracketed).
+    forwarded_param: String,
+}
+
+impl Peer {
+    pub(crate) fn new(addr: SocketAddr, tls: bool) -> Peer {
+        let ip = addr.ip().to_canonical();
+        let text = ip.to_string();
+        Peer {
+            proto: if tls { "https" } else { "http" },
+            forwarded_param: if ip.is_ipv6() {
+                format!("for=\"[{text}]\"")
+            } else {
+                format!("for={text}")
+            },
+            forwarded_for: HeaderValue::from_str(&text)
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+        }
     }
 }
 
@@ -401,21 +440,32 @@ pub(crate) fn now_us() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_SESSION_ID: HeaderName = HeaderName::from_static("x-session-id");
+
+/// The hop-by-hop headers of RFC 9110 §7.6.1, and two that clients still send.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): the fixed list and every header the
 /// Connection header names.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most heads carry none (or only Transfer-Encoding): one pass over the names decides,
+    // instead of a hashed lookup per listed name.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -426,39 +476,54 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
 
-fn append_list(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    let combined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => format!("{existing}, {value}"),
-        _ => value.to_string(),
-    };
-    headers.remove(&name);
-    if let Ok(v) = HeaderValue::from_str(&combined) {
-        headers.insert(name, v);
+/// Appends `value` to a comma-separated list header (every line of it, joined into one),
+/// or sets it when absent.
+fn append_list(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
+    let mut joined: Vec<u8> = Vec::new();
+    for existing in headers.get_all(&name) {
+        if !existing.is_empty() {
+            if !joined.is_empty() {
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(existing.as_bytes());
+        }
     }
+    let combined = if joined.is_empty() {
+        value
+    } else {
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(value.as_bytes());
+        match HeaderValue::from_bytes(&joined) {
+            Ok(v) => v,
+            Err(_) => return,
+        }
+    };
+    headers.insert(name, combined);
 }
 
-fn version_token(version: Version) -> &'static str {
+/// The `Via` element for the client's protocol version (RFC 9110 §7.6.3).
+fn via_token(version: Version) -> &'static str {
     match version {
-        Version::HTTP_09 => "0.9",
-        Version::HTTP_10 => "1.0",
-        Version::HTTP_2 => "2",
-        Version::HTTP_3 => "3",
-        _ => "1.1",
+        Version::HTTP_09 => "0.9 retrace",
+        Version::HTTP_10 => "1.0 retrace",
+        Version::HTTP_2 => "2 retrace",
+        Version::HTTP_3 => "3 retrace",
+        _ => "1.1 retrace",
     }
 }
 
 /// Builds the upstream request's URI and headers in place.
 fn prepare_upstream_head(
-    config: &ProxyConfig,
+    shared: &Shared,
     parts: &mut http::request::Parts,
-    peer: SocketAddr,
-    tls: bool,
+    peer: &Peer,
 ) -> Result<(), http::Error> {
+    let config = &shared.config;
     let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
             .uri
@@ -468,56 +533,60 @@ fn prepare_upstream_head(
     let incoming_version = parts.version;
     strip_hop_by_hop(&mut parts.headers);
 
-    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let upstream = &config.upstream;
+    let path_and_query = match parts.uri.path_and_query() {
+        Some(pq) if upstream.base_path.is_empty() => pq.clone(),
+        pq => {
+            let pq = pq.map_or("/", |pq| pq.as_str());
+            http::uri::PathAndQuery::try_from(format!("{}{pq}", upstream.base_path))?
+        }
+    };
     parts.uri = Uri::builder()
         .scheme(upstream.scheme.clone())
         .authority(upstream.authority.clone())
-        .path_and_query(format!("{}{}", upstream.base_path, path_and_query))
+        .path_and_query(path_and_query)
         .build()?;
     parts.version = Version::HTTP_11;
 
-    let client_ip = peer.ip().to_canonical();
-    let proto = if tls { "https" } else { "http" };
     append_list(
         &mut parts.headers,
-        HeaderName::from_static("x-forwarded-for"),
-        &client_ip.to_string(),
+        X_FORWARDED_FOR,
+        peer.forwarded_for.clone(),
     );
-    let for_param = if client_ip.is_ipv6() {
-        format!("for=\"[{client_ip}]\"")
-    } else {
-        format!("for={client_ip}")
-    };
-    let host_param = original_host
-        .as_ref()
-        .and_then(|h| h.to_str().ok())
-        .map(|h| format!(";host=\"{h}\""))
-        .unwrap_or_default();
-    append_list(
-        &mut parts.headers,
-        header::FORWARDED,
-        &format!("{for_param};proto={proto}{host_param}"),
+    let host_text = original_host.as_ref().and_then(|h| h.to_str().ok());
+    let mut forwarded = String::with_capacity(
+        peer.forwarded_param.len() + 16 + host_text.map_or(0, |h| h.len() + 8),
     );
+    forwarded.push_str(&peer.forwarded_param);
+    forwarded.push_str(";proto=");
+    forwarded.push_str(peer.proto);
+    if let Some(host) = host_text {
+        forwarded.push_str(";host=\"");
+        forwarded.push_str(host);
+        forwarded.push('"');
+    }
+    if let Ok(forwarded) = HeaderValue::from_str(&forwarded) {
+        append_list(&mut parts.headers, header::FORWARDED, forwarded);
+    }
     append_list(
         &mut parts.headers,
         header::VIA,
-        &format!("{} retrace", version_token(incoming_version)),
+        HeaderValue::from_static(via_token(incoming_version)),
     );
-    if !parts.headers.contains_key("x-forwarded-proto") {
+    if !parts.headers.contains_key(X_FORWARDED_PROTO) {
         parts
             .headers
-            .insert("x-forwarded-proto", HeaderValue::from_static(proto));
+            .insert(X_FORWARDED_PROTO, HeaderValue::from_static(peer.proto));
     }
     if let Some(host) = &original_host {
-        if !parts.headers.contains_key("x-forwarded-host") {
-            parts.headers.insert("x-forwarded-host", host.clone());
+        if !parts.headers.contains_key(X_FORWARDED_HOST) {
+            parts.headers.insert(X_FORWARDED_HOST, host.clone());
         }
     }
     let host = if config.preserve_host {
         original_host
     } else {
-        HeaderValue::from_str(upstream.authority.as_str()).ok()
+        shared.upstream_host.clone()
     };
     if let Some(host) = host {
         parts.headers.insert(header::HOST, host);
@@ -562,8 +631,7 @@ fn replayable_body(tee: &Mutex<Tee>) -> Option<Bytes> {
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     request: Request<Incoming>,
-    peer: SocketAddr,
-    tls: bool,
+    peer: Arc<Peer>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let arrival = Instant::now();
     // Arrival in the upstream's clock: the proxy's start plus scaled elapsed time.
@@ -575,7 +643,7 @@ pub(crate) async fn handle(
     let endpoint = Endpoint::from_path(request.uri().path());
     let session_id = request
         .headers()
-        .get("x-session-id")
+        .get(X_SESSION_ID)
         .and_then(|v| v.to_str().ok())
         .map(|s| s.chars().take(128).collect());
     let tee = Arc::new(Mutex::new(Tee::default()));
@@ -594,7 +662,7 @@ pub(crate) async fn handle(
     };
 
     let (mut parts, body) = request.into_parts();
-    if let Err(err) = prepare_upstream_head(config, &mut parts, peer, tls) {
+    if let Err(err) = prepare_upstream_head(&shared, &mut parts, &peer) {
         tracing::debug!(error = %err, "cannot build the upstream request");
         recording.status = Some(400);
         recording.finish(Outcome::HttpError);

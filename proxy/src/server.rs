@@ -125,6 +125,7 @@ pub async fn spawn(config: ProxyConfig) -> Result<ProxyHandle, ProxyError> {
     // SGLang) and cpp-httplib (llama.cpp): the proxy drops an idle connection before the
     // server does, which avoids most races with a server closing one as it is reused.
     let upstream = UpstreamClient::new(connector, target, Duration::from_secs(4), 1024);
+    let upstream_host = http::HeaderValue::from_str(config.upstream.authority.as_str()).ok();
     let shared = Arc::new(Shared {
         config,
         upstream,
@@ -132,6 +133,7 @@ pub async fn spawn(config: ProxyConfig) -> Result<ProxyHandle, ProxyError> {
         stats: stats.clone(),
         id_prefix: format!("{:012x}", RandomState::new().hash_one(0u8) >> 16),
         id_counter: AtomicU64::new(0),
+        upstream_host,
         start_us: forward::now_us(),
         start: std::time::Instant::now(),
     });
@@ -269,9 +271,10 @@ where
     // Set once a first request head has arrived on this connection.
     let head_seen = Arc::new(AtomicBool::new(false));
     let head_seen_service = head_seen.clone();
+    let peer_info = Arc::new(forward::Peer::new(peer, tls));
     let service = service_fn(move |request: Request<Incoming>| {
         head_seen_service.store(true, Ordering::Relaxed);
-        forward::handle(shared.clone(), request, peer, tls)
+        forward::handle(shared.clone(), request, peer_info.clone())
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

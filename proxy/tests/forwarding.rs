@@ -251,6 +251,7 @@ async fn hop_by_hop_and_forwarding_headers() {
             ("proxy-authorization", "Basic Zm9v"),
             ("te", "trailers"),
             ("x-forwarded-for", "10.1.2.3"),
+            ("x-forwarded-for", "10.4.5.6"),
             ("x-request-id", "req-42"),
         ],
     )
@@ -270,7 +271,8 @@ async fn hop_by_hop_and_forwarding_headers() {
     }
     assert_eq!(
         get("x-forwarded-for").as_deref(),
-        Some("10.1.2.3, 127.0.0.1")
+        Some("10.1.2.3, 10.4.5.6, 127.0.0.1"),
+        "every X-Forwarded-For line is kept, in order"
     );
     assert!(get("forwarded")
         .unwrap()
