@@ -265,7 +265,7 @@ def main():
     out.append(f"- {m['nproc']} CPUs ({m['cpu']}), {m['mem_gib']} GiB, Linux {m['kernel']}; commit {m['git']}; {m['date']}")
     out.append(f"- load average (1/5/15 min) at start {m['load_start']}, at end {a.load_end}; mode `{a.mode}`; the benchmarks took {a.elapsed} s (after {a.build_s} s of installs check and build)")
     out.append("- all traffic on 127.0.0.1. Proxies (nginx, retrace) pinned to CPU 1 with one worker each "
-               "(`worker_processes 1`; `TOKIO_WORKER_THREADS=1`); load tool and upstream pinned to CPU 0.\n")
+               "(`worker_processes 1`; `retrace proxy --threads 1`); load tool and upstream pinned to CPU 0.\n")
     out.append("## 1. Proxy overhead: direct vs nginx vs `retrace proxy` (recording on)\n")
     out.append("Upstream: `bench_sse`, a static SSE responder (16 `data:` events + usage + `[DONE]`, chunked, "
                "one frame per event) on one thread. Load: wrk, one thread, POST `/v1/completions`. "

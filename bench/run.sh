@@ -212,13 +212,13 @@ bench_proxy() {
     ngpid=$PID
     wait_port "$np" 30 || { skip "nginx did not start: $(tail -3 "$WORK/nginx.log" "$WORK/nginx/error.log")"; nginx_ok=0; }
   fi
-  # retrace: one runtime worker on one core, like nginx's one worker; recording on.
-  start retrace-proxy env TOKIO_WORKER_THREADS=1 taskset -c "$CPU_B" "$RETRACE" proxy \
+  # retrace: one event loop on one core, like nginx's one worker; recording on.
+  start retrace-proxy taskset -c "$CPU_B" "$RETRACE" proxy --threads 1 \
     --listen "127.0.0.1:$rp" --upstream "http://127.0.0.1:$up" --out "$WORK/recording" --admin off
   rtpid=$PID
   wait_port "$rp" 30 || { skip "retrace proxy did not start: $(tail -3 "$WORK/retrace-proxy.log")"; return 0; }
   CMD_PROXY_UP="taskset -c 0 target/release/examples/bench_sse 127.0.0.1:UP 16"
-  CMD_PROXY_RT="TOKIO_WORKER_THREADS=1 taskset -c 1 retrace proxy --listen 127.0.0.1:RP --upstream http://127.0.0.1:UP --out DIR --admin off"
+  CMD_PROXY_RT="taskset -c 1 retrace proxy --threads 1 --listen 127.0.0.1:RP --upstream http://127.0.0.1:UP --out DIR --admin off"
   CMD_PROXY_NG="taskset -c 1 nginx -c bench/nginx.conf.tmpl (worker_processes 1, keepalive 256, proxy_buffering off, proxy_http_version 1.1, access_log off)"
   CMD_PROXY_WRK="taskset -c 0 wrk -t1 -c$WRK_CONNS -d${WRK_S}s --latency -s bench/post.lua http://127.0.0.1:PORT/v1/completions; fixed rate: BENCH_DELAY_MS=$FIXED_DELAY_MS ... -c$FIXED_CONNS"
   CMD_PROXY_TTFB="bench/ttfb.py PORT $TTFB_N"
@@ -273,7 +273,7 @@ bench_proxy_rss() {
   start upstream2 taskset -c "$CPU_A" "$EX/bench_sse" "127.0.0.1:$up" 16
   local up_pid=$PID
   wait_port "$up" 30 || { skip "upstream did not start"; return 0; }
-  start retrace-proxy2 env TOKIO_WORKER_THREADS=1 taskset -c "$CPU_B" "$RETRACE" proxy \
+  start retrace-proxy2 taskset -c "$CPU_B" "$RETRACE" proxy --threads 1 \
     --listen "127.0.0.1:$rp" --upstream "http://127.0.0.1:$up" --out "$WORK/recording2" --admin off
   local rtpid=$PID
   wait_port "$rp" 30 || { skip "retrace proxy did not start"; stop "$up_pid"; return 0; }

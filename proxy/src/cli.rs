@@ -83,6 +83,10 @@ pub struct ProxyArgs {
     /// How often buffered rows are flushed to disk (the most a SIGKILL can lose).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub flush_interval: Duration,
+    /// Threads serving traffic (default: one per CPU). With 1, a single event loop, as
+    /// nginx's `worker_processes 1`. The recording is written by a thread of its own.
+    #[arg(long)]
+    pub threads: Option<std::num::NonZeroUsize>,
 }
 
 impl ProxyArgs {
