@@ -336,7 +336,8 @@ pub struct RowWriter<R: Row> {
     kv: Vec<(String, String)>,
     pending: Vec<R>,
     /// Scratch of `time_order`, reused across batches.
-    order: Vec<(i64, usize)>,
+    order: Vec<u64>,
+    order_scratch: Vec<u64>,
     order_idx: Vec<usize>,
     current: Option<OpenFile>,
     finished: Vec<PathBuf>,
@@ -379,6 +380,7 @@ impl<R: Row> RowWriter<R> {
             kv,
             pending: Vec::with_capacity(ENCODE_BATCH_ROWS),
             order: Vec::with_capacity(ENCODE_BATCH_ROWS),
+            order_scratch: Vec::with_capacity(ENCODE_BATCH_ROWS),
             order_idx: Vec::with_capacity(ENCODE_BATCH_ROWS),
             current: None,
             finished: Vec::new(),
@@ -542,7 +544,12 @@ impl<R: Row> RowWriter<R> {
         // The proxy pushes a request when its response ends, so rows come nearly but not
         // quite in time order; sorting each batch makes files nearly sorted (better merges,
         // and ~1 byte a row less for the delta-encoded time column).
-        let batch = match time_order(&self.pending, &mut self.order, &mut self.order_idx) {
+        let batch = match time_order(
+            &self.pending,
+            &mut self.order,
+            &mut self.order_scratch,
+            &mut self.order_idx,
+        ) {
             Some(order) => R::to_batch_ordered(&self.pending, Some(order))?,
             None => R::to_batch(&self.pending)?,
         };
@@ -651,22 +658,84 @@ impl<R: Row> Drop for RowWriter<R> {
 
 /// The stable time order of `rows` as indices into them, or `None` when they are already
 /// sorted. Rows are large structs: the batch is built in this order instead of moving
-/// them (sorting (time, index) pairs allocates nothing: both Vecs are reused scratch).
+/// them. Each row's key is its time since the batch's earliest, shifted up, with its index
+/// in the low bits, so ties are broken by the index (as stable as a stable sort); the keys
+/// are radix-sorted (~60 instructions a row against ~750 for a comparison sort of
+/// (time, index) pairs). The Vecs are reused scratch.
 fn time_order<'a, R: Row>(
     rows: &[R],
-    pairs: &mut Vec<(i64, usize)>,
+    keys: &mut Vec<u64>,
+    scratch: &mut Vec<u64>,
     idx: &'a mut Vec<usize>,
 ) -> Option<&'a [usize]> {
     if rows.is_sorted_by_key(R::time_us) {
         return None;
     }
-    pairs.clear();
-    pairs.extend(rows.iter().map(R::time_us).zip(0..));
-    // Ties are broken by the index: as stable as a stable sort.
-    pairs.sort_unstable();
+    let (min, max) = rows
+        .iter()
+        .map(R::time_us)
+        .fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
+    let index_bits = usize::BITS - rows.len().leading_zeros();
+    let span = max.abs_diff(min);
+    if index_bits >= 64 || span >> (64 - index_bits) != 0 {
+        // Times too far apart to share a word with the index (not from a real clock).
+        idx.clear();
+        idx.extend(0..rows.len());
+        idx.sort_by_key(|&i| rows[i].time_us());
+        return Some(idx);
+    }
+    keys.clear();
+    keys.extend(
+        rows.iter()
+            .zip(0u64..)
+            .map(|(row, i)| (row.time_us().abs_diff(min) << index_bits) | i),
+    );
+    radix_sort(
+        keys,
+        scratch,
+        64 - (span << index_bits | mask_of(index_bits)).leading_zeros(),
+    );
+    let mask = mask_of(index_bits);
     idx.clear();
-    idx.extend(pairs.iter().map(|p| p.1));
+    idx.extend(keys.iter().map(|key| (key & mask) as usize));
     Some(idx)
+}
+
+fn mask_of(bits: u32) -> u64 {
+    if bits >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    }
+}
+
+/// Sorts `keys`, whose values use only the low `bits` bits, by LSD radix (11-bit digits):
+/// a few linear passes instead of a comparison sort (a batch's keys span ~40 bits).
+fn radix_sort(keys: &mut Vec<u64>, scratch: &mut Vec<u64>, bits: u32) {
+    const DIGIT_BITS: u32 = 11;
+    const BUCKETS: usize = 1 << DIGIT_BITS;
+    scratch.clear();
+    scratch.resize(keys.len(), 0);
+    let mut shift = 0;
+    while shift < bits {
+        let mut counts = [0usize; BUCKETS];
+        for &key in keys.iter() {
+            counts[((key >> shift) as usize) & (BUCKETS - 1)] += 1;
+        }
+        let mut start = 0;
+        for count in counts.iter_mut() {
+            let n = *count;
+            *count = start;
+            start += n;
+        }
+        for &key in keys.iter() {
+            let bucket = &mut counts[((key >> shift) as usize) & (BUCKETS - 1)];
+            scratch[*bucket] = key;
+            *bucket += 1;
+        }
+        std::mem::swap(keys, scratch);
+        shift += DIGIT_BITS;
+    }
 }
 
 fn remove_sidecars(tmp: &Path) {
@@ -956,27 +1025,36 @@ mod tests {
     #[test]
     fn time_order_is_a_stable_sort() {
         // A deterministic pseudo-random sequence of times with many ties.
+        // Spreads: many ties, a clock's µs, and times too far apart to pack with an index.
         let mut x = 0x1234_5678u64;
-        for n in [0usize, 1, 2, 7, 100, 1000] {
+        for (n, spread) in [0usize, 1, 2, 7, 100, 1000]
+            .into_iter()
+            .flat_map(|n| [(n, 50u64), (n, 1 << 40), (n, u64::MAX)])
+        {
             let rows: Vec<SampleRow> = (0..n)
                 .map(|i| {
                     x = x
                         .wrapping_mul(6364136223846793005)
                         .wrapping_add(1442695040888963407);
-                    sample((x >> 33) as i64 % 50, i)
+                    let t = if spread == u64::MAX {
+                        x as i64
+                    } else {
+                        1_733_011_200_000_000 - ((x >> 20) % spread) as i64
+                    };
+                    sample(t, i)
                 })
                 .collect();
             let mut expected = rows.clone();
             expected.sort_by_key(|r| r.time_us); // stable
-            let (mut pairs, mut idx) = (Vec::new(), Vec::new());
-            let batch = match time_order(&rows, &mut pairs, &mut idx) {
+            let (mut keys, mut scratch, mut idx) = (Vec::new(), Vec::new(), Vec::new());
+            let batch = match time_order(&rows, &mut keys, &mut scratch, &mut idx) {
                 Some(order) => SampleRow::to_batch_ordered(&rows, Some(order)).unwrap(),
                 None => SampleRow::to_batch(&rows).unwrap(),
             };
             assert_eq!(SampleRow::from_batch(&batch).unwrap(), expected, "n = {n}");
             // Sorted rows need no order (scratch is reused).
             assert!(
-                time_order(&expected, &mut pairs, &mut idx).is_none(),
+                time_order(&expected, &mut keys, &mut scratch, &mut idx).is_none(),
                 "n = {n}"
             );
         }
