@@ -529,25 +529,11 @@ impl UpstreamBody {
                 loop {
                     match state {
                         Chunk::Size => {
-                            let Some(line) = take_line(buf)? else { break };
-                            let digits = line
-                                .iter()
-                                .position(|b| !b.is_ascii_hexdigit())
-                                .unwrap_or(line.len());
-                            let rest = &line[digits..];
-                            if digits == 0
-                                || digits > 15
-                                || !(rest.is_empty()
-                                    || rest[0] == b';'
-                                    || rest[0] == b' '
-                                    || rest[0] == b'\t')
-                            {
-                                return Err(UpstreamError::Invalid("invalid chunk size"));
-                            }
-                            let size = std::str::from_utf8(&line[..digits])
-                                .ok()
-                                .and_then(|s| u64::from_str_radix(s, 16).ok())
-                                .ok_or(UpstreamError::Invalid("invalid chunk size"))?;
+                            let Some((len, used)) = line_end(buf)? else {
+                                break;
+                            };
+                            let size = chunk_size(&buf[..len])?;
+                            buf.advance(used);
                             *state = if size == 0 {
                                 Chunk::Trailers
                             } else {
@@ -559,21 +545,25 @@ impl UpstreamBody {
                                 break;
                             }
                             let n = (*left).min(buf.len() as u64) as usize;
-                            let piece = buf.split_to(n).freeze();
                             *left -= n as u64;
                             if *left == 0 {
                                 *state = Chunk::DataEnd;
                             }
+                            // The first piece is handed over without a copy; later pieces
+                            // of the same read are joined to it (one frame, one write).
                             match (&mut first, &mut joined) {
-                                (None, _) => first = Some(piece),
+                                (None, _) => first = Some(buf.split_to(n).freeze()),
                                 (Some(f), None) => {
-                                    let mut j =
-                                        BytesMut::with_capacity(f.len() + piece.len() + 1024);
+                                    let mut j = BytesMut::with_capacity(f.len() + buf.len());
                                     j.extend_from_slice(f);
-                                    j.extend_from_slice(&piece);
+                                    j.extend_from_slice(&buf[..n]);
+                                    buf.advance(n);
                                     joined = Some(j);
                                 }
-                                (Some(_), Some(j)) => j.extend_from_slice(&piece),
+                                (Some(_), Some(j)) => {
+                                    j.extend_from_slice(&buf[..n]);
+                                    buf.advance(n);
+                                }
                             }
                         }
                         Chunk::DataEnd => match buf.first() {
@@ -596,8 +586,11 @@ impl UpstreamBody {
                         },
                         Chunk::Trailers => {
                             // Trailers are read and dropped (not forwarded to HTTP/1 clients).
-                            let Some(line) = take_line(buf)? else { break };
-                            if line.is_empty() {
+                            let Some((len, used)) = line_end(buf)? else {
+                                break;
+                            };
+                            buf.advance(used);
+                            if len == 0 {
                                 self.done = true;
                                 break;
                             }
@@ -610,21 +603,45 @@ impl UpstreamBody {
     }
 }
 
-/// Takes one line (without its CRLF or LF) off the buffer, if a whole one is there.
-fn take_line(buf: &mut BytesMut) -> Result<Option<Bytes>, UpstreamError> {
+/// The next line's length (without its CRLF or LF) and the bytes it takes with its line
+/// end, if a whole line is in the buffer.
+fn line_end(buf: &[u8]) -> Result<Option<(usize, usize)>, UpstreamError> {
     let scan = buf.len().min(MAX_LINE_BYTES + 2);
-    let Some(lf) = buf[..scan].iter().position(|&b| b == b'\n') else {
+    let Some(lf) = memchr::memchr(b'\n', &buf[..scan]) else {
         if buf.len() > MAX_LINE_BYTES {
             return Err(UpstreamError::Invalid("chunk line too long"));
         }
         return Ok(None);
     };
-    let mut line = buf.split_to(lf + 1);
-    line.truncate(lf);
-    if line.last() == Some(&b'\r') {
-        line.truncate(lf - 1);
+    let len = if lf > 0 && buf[lf - 1] == b'\r' {
+        lf - 1
+    } else {
+        lf
+    };
+    Ok(Some((len, lf + 1)))
+}
+
+/// A chunk-size line: hex digits (at most 15), then nothing, or extensions after `;` or
+/// whitespace.
+fn chunk_size(line: &[u8]) -> Result<u64, UpstreamError> {
+    let invalid = UpstreamError::Invalid("invalid chunk size");
+    let mut size: u64 = 0;
+    let mut digits = 0;
+    for &b in line {
+        let value = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => break,
+        };
+        size = size << 4 | u64::from(value);
+        digits += 1;
     }
-    Ok(Some(line.freeze()))
+    match line.get(digits) {
+        _ if digits == 0 || digits > 15 => Err(invalid),
+        None | Some(b';' | b' ' | b'\t') => Ok(size),
+        Some(_) => Err(invalid),
+    }
 }
 
 impl Body for UpstreamBody {
@@ -761,6 +778,33 @@ mod tests {
         let (_, frames, reusable) = body_of(conn, true).await;
         assert!(frames.is_empty(), "a response to HEAD has no body");
         assert!(reusable);
+    }
+
+    #[test]
+    fn chunk_size_lines() {
+        for (line, size) in [
+            (&b"0"[..], 0),
+            (b"1a", 26),
+            (b"1A;name=value", 26),
+            (b"ff \t", 255),
+            (b"fffffffffffffff", (1 << 60) - 1),
+        ] {
+            assert_eq!(chunk_size(line).ok(), Some(size), "{line:?}");
+        }
+        for line in [
+            &b""[..],
+            b"g",
+            b"1g",
+            b"-1",
+            b";x",
+            b"1000000000000000",
+            b" 1",
+        ] {
+            assert!(chunk_size(line).is_err(), "{line:?}");
+        }
+        assert_eq!(line_end(b"1a\r\nrest").ok(), Some(Some((2, 4))));
+        assert_eq!(line_end(b"1a\nrest").ok(), Some(Some((2, 3))));
+        assert_eq!(line_end(b"1a\r").ok(), Some(None));
     }
 
     #[tokio::test]
