@@ -104,6 +104,8 @@ pub struct StreamObserver {
     obs: Observation,
     /// Whether [`skim`] may read events (off only in the test that compares it with serde).
     fast_path: bool,
+    /// The head events of this stream repeat (see [`skim::Prefix`]).
+    event_head: skim::Prefix,
 }
 
 impl StreamObserver {
@@ -124,6 +126,7 @@ impl StreamObserver {
             events: 0,
             obs: Observation::default(),
             fast_path: true,
+            event_head: skim::Prefix::default(),
         }
     }
 
@@ -246,7 +249,10 @@ impl StreamObserver {
             return;
         }
         // The common shape first, without serde; it abstains on anything else.
-        if let Some(chunk) = self.fast_path.then(|| skim::skim(trimmed)).flatten() {
+        let fast = self
+            .fast_path
+            .then(|| skim::skim(trimmed, &mut self.event_head));
+        if let Some(chunk) = fast.flatten() {
             // The skim let only valid UTF-8 through: these conversions are checks only.
             if self.text_cap_bytes.is_some() {
                 for text in chunk.texts.into_iter().flatten() {

@@ -33,42 +33,66 @@ const MAX_DEPTH: u32 = 64;
 /// decide.
 const MAX_NUMBER_BYTES: usize = 18;
 
+/// Longest event head remembered by [`Prefix`].
+const MAX_PREFIX_BYTES: usize = 512;
+
+/// The head of the last event read, up to the value of its `choices` (when nothing before
+/// it was `usage`). A server repeats that head in every event of a stream (`id`, `object`,
+/// `created`, `model`, …), and the parser's state at its end is always the same: nothing
+/// seen yet. So an event that starts with the same bytes is read from there, after one
+/// comparison instead of a parse of half its bytes. Exact by construction: the parser is
+/// deterministic, and the same bytes bring it to the same state.
+#[derive(Debug, Default)]
+pub(super) struct Prefix {
+    bytes: Vec<u8>,
+}
+
 /// Reads `data` (one SSE event's data, trimmed) if it has the common shape; `None` means
-/// "parse it with serde".
-pub(super) fn skim(data: &[u8]) -> Option<Skimmed<'_>> {
+/// "parse it with serde". `prefix` is the stream's remembered event head.
+pub(super) fn skim<'a>(data: &'a [u8], prefix: &mut Prefix) -> Option<Skimmed<'a>> {
     let mut p = Parser { s: data, i: 0 };
     let mut out = Skimmed::default();
-    p.ws();
-    p.expect(b'{')?;
     let mut seen_choices = false;
     let mut seen_usage = false;
-    p.members(|p, key| {
-        match key {
-            b"choices" => {
-                if std::mem::replace(&mut seen_choices, true) {
-                    return None; // duplicate field: a serde error
-                }
-                p.choices(&mut out)
+    let resume_at = prefix.bytes.len();
+    let resume = resume_at > 0 && data.starts_with(&prefix.bytes);
+    let mut member = |p: &mut Parser<'a>, key: &'a [u8]| match key {
+        b"choices" => {
+            if std::mem::replace(&mut seen_choices, true) {
+                return None; // duplicate field: a serde error
             }
-            b"usage" => {
-                if std::mem::replace(&mut seen_usage, true) {
-                    return None;
-                }
-                match p.peek()? {
-                    b'n' => p.literal(b"null"), // no usage
-                    b'{' => {
-                        p.i += 1;
-                        out.usage = Some(p.usage()?);
-                        Some(())
-                    }
-                    _ => None,
-                }
+            if !seen_usage && !resume && p.i <= MAX_PREFIX_BYTES {
+                prefix.bytes.clear();
+                prefix.bytes.extend_from_slice(&p.s[..p.i]);
             }
-            // Read by serde's typed path: abstain.
-            b"error" | b"timings" => None,
-            _ => p.skip_value(0),
+            p.choices(&mut out)
         }
-    })?;
+        b"usage" => {
+            if std::mem::replace(&mut seen_usage, true) {
+                return None;
+            }
+            match p.peek()? {
+                b'n' => p.literal(b"null"), // no usage
+                b'{' => {
+                    p.i += 1;
+                    out.usage = Some(p.usage()?);
+                    Some(())
+                }
+                _ => None,
+            }
+        }
+        // Read by serde's typed path: abstain.
+        b"error" | b"timings" => None,
+        _ => p.skip_value(0),
+    };
+    if resume {
+        p.i = resume_at;
+        p.members_from(b"choices", &mut member)?;
+    } else {
+        p.ws();
+        p.expect(b'{')?;
+        p.members(&mut member)?;
+    }
     p.ws();
     (p.i == p.s.len()).then_some(out)
 }
@@ -152,6 +176,26 @@ impl<'a> Parser<'a> {
             if self.end_of(b'}')? {
                 return Some(());
             }
+        }
+    }
+
+    /// [`Parser::members`] resumed at the value of `key` (the parser there).
+    fn members_from(
+        &mut self,
+        key: &'a [u8],
+        mut f: impl FnMut(&mut Self, &'a [u8]) -> Option<()>,
+    ) -> Option<()> {
+        f(self, key)?;
+        loop {
+            if self.end_of(b'}')? {
+                return Some(());
+            }
+            self.ws();
+            let key = self.string()?;
+            self.ws();
+            self.expect(b':')?;
+            self.ws();
+            f(self, key)?;
         }
     }
 
@@ -417,6 +461,10 @@ mod tests {
     use crate::{Endpoint, StreamObserver};
     use proptest::prelude::*;
 
+    fn skim_fresh(data: &[u8]) -> Option<Skimmed<'_>> {
+        skim(data, &mut Prefix::default())
+    }
+
     /// Observes `events` (SSE data payloads) with or without the fast path.
     fn observe(events: &[String], fast_path: bool) -> crate::Observation {
         let mut obs = StreamObserver::new(Endpoint::Chat).capture_text(1 << 20);
@@ -538,17 +586,20 @@ mod tests {
         ]
     }
 
-    fn chunk() -> impl Strategy<Value = String> {
-        let choices = prop_oneof![
+    fn choices_value() -> impl Strategy<Value = String> {
+        prop_oneof![
             6 => choice().prop_map(|c| format!("[{c}]")),
             1 => Just("[]".to_string()),
             1 => Just("null".to_string()),
             1 => (choice(), choice()).prop_map(|(a, b)| format!("[{a},{b}]")),
             1 => choice().prop_map(|c| format!("[null,{c}]")),
             1 => any_value(),
-        ];
-        let member = prop_oneof![
-            2 => choices.clone().prop_map(|v| ("choices", v)),
+        ]
+    }
+
+    fn member() -> impl Strategy<Value = (&'static str, String)> {
+        prop_oneof![
+            2 => choices_value().prop_map(|v| ("choices", v)),
             2 => Just(("id", r#""chatcmpl-1""#.to_string())),
             2 => Just(("created", "1733011200".to_string())),
             2 => any_value().prop_map(|v| ("model", v)),
@@ -556,11 +607,14 @@ mod tests {
             2 => usage().prop_map(|v| ("usage", v)),
             1 => Just(("timings", r#"{"predicted_n":3}"#.to_string())),
             1 => any_value().prop_map(|v| ("error", v)),
-        ];
+        ]
+    }
+
+    fn chunk() -> impl Strategy<Value = String> {
         // Mostly one `choices` with other members around it, as servers send.
         (
-            choices,
-            prop::collection::vec(member, 0..3),
+            choices_value(),
+            prop::collection::vec(member(), 0..3),
             any::<prop::sample::Index>(),
         )
             .prop_map(|(choices, mut members, at)| {
@@ -570,21 +624,53 @@ mod tests {
             })
     }
 
-    /// A chunk, sometimes damaged: cut short, a byte changed, or junk after it.
+    /// Damage of an event: cut short, a byte changed, junk after it, or none.
+    type Damage = (u8, prop::sample::Index, u8);
+
+    fn damage() -> impl Strategy<Value = Damage> {
+        (0u8..8, any::<prop::sample::Index>(), any::<u8>())
+    }
+
+    fn damaged(event: String, (how, at, byte): Damage) -> String {
+        let mut bytes = event.into_bytes();
+        let i = at.index(bytes.len().max(1)).min(bytes.len());
+        match how {
+            0 => bytes.truncate(i),
+            1 if i < bytes.len() => bytes[i] = byte & 0x7f,
+            2 => bytes.extend_from_slice(b" x"),
+            _ => {}
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// A chunk, sometimes damaged.
     fn event() -> impl Strategy<Value = String> {
-        (chunk(), 0u8..8, any::<prop::sample::Index>(), any::<u8>()).prop_map(
-            |(c, how, at, byte)| {
-                let mut bytes = c.into_bytes();
-                let i = at.index(bytes.len().max(1)).min(bytes.len());
-                match how {
-                    0 => bytes.truncate(i),
-                    1 if i < bytes.len() => bytes[i] = byte & 0x7f,
-                    2 => bytes.extend_from_slice(b" x"),
-                    _ => {}
-                }
-                String::from_utf8_lossy(&bytes).into_owned()
-            },
+        (chunk(), damage()).prop_map(|(c, d)| damaged(c, d))
+    }
+
+    /// A stream as servers send one: every event opens with the same members (the head
+    /// the reader remembers), then its own `choices` and members; some events damaged.
+    fn stream() -> impl Strategy<Value = Vec<String>> {
+        let event = (
+            choices_value(),
+            prop::collection::vec(member(), 0..2),
+            damage(),
+        );
+        (
+            prop::collection::vec(member(), 0..3),
+            prop::collection::vec(event, 1..6),
         )
+            .prop_map(|(head, events)| {
+                events
+                    .into_iter()
+                    .map(|(choices, tail, d)| {
+                        let mut members = head.clone();
+                        members.push(("choices", choices));
+                        members.extend(tail);
+                        damaged(object(members), d)
+                    })
+                    .collect()
+            })
     }
 
     /// The property below is only worth something if the fast path answers often on
@@ -599,7 +685,8 @@ mod tests {
         let mut answered = 0;
         for _ in 0..2_000 {
             let data = strategy.new_tree(&mut runner).expect("a value").current();
-            answered += usize::from(skim(data.trim_ascii().as_bytes()).is_some());
+            let mut prefix = Prefix::default();
+            answered += usize::from(skim(data.trim_ascii().as_bytes(), &mut prefix).is_some());
         }
         assert!(
             (200..=1_800).contains(&answered),
@@ -614,6 +701,12 @@ mod tests {
         /// observation (TTFT, chunks, gaps, finish reason, captured text, malformed).
         #[test]
         fn the_fast_path_agrees_with_serde(events in prop::collection::vec(event(), 1..6)) {
+            prop_assert_eq!(observe(&events, true), observe(&events, false));
+        }
+
+        /// The same on streams whose events share their head, read from where it ends.
+        #[test]
+        fn the_fast_path_agrees_with_serde_on_streams(events in stream()) {
             prop_assert_eq!(observe(&events, true), observe(&events, false));
         }
     }
@@ -638,24 +731,51 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_head_is_read_once() {
+        let mut prefix = Prefix::default();
+        let first = br#"{"id":"cmpl-1","model":"m","choices":[{"text":"a"}]}"#;
+        let second = br#"{"id":"cmpl-1","model":"m","choices":[{"text":""}],"x":1}"#;
+        assert!(skim(first, &mut prefix).expect("first").has_text);
+        assert_eq!(prefix.bytes, br#"{"id":"cmpl-1","model":"m","choices":"#);
+        // Read from the remembered head on: the same answer as a fresh read.
+        assert_eq!(skim(second, &mut prefix), skim_fresh(second));
+        let other = br#"{"id":"cmpl-2","choices":[{"text":"b"}]}"#;
+        assert!(skim(other, &mut prefix).expect("other head").has_text);
+        assert_eq!(prefix.bytes, br#"{"id":"cmpl-2","choices":"#);
+        // A head with usage before `choices` is not remembered (its state is not empty).
+        let mut prefix = Prefix::default();
+        let usage_first = br#"{"usage":null,"choices":[]}"#;
+        assert!(skim(usage_first, &mut prefix).is_some());
+        assert!(prefix.bytes.is_empty());
+        // A remembered head does not hide a duplicate `choices` later on.
+        let mut prefix = Prefix::default();
+        skim(first, &mut prefix);
+        let duplicate = br#"{"id":"cmpl-1","model":"m","choices":[],"choices":[]}"#;
+        assert_eq!(skim(duplicate, &mut prefix), None);
+    }
+
+    #[test]
     fn reads_the_common_shapes() {
         let vllm = br#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1733011200,"model":"m","system_fingerprint":null,"choices":[{"index":0,"delta":{"content":" word"},"logprobs":null,"finish_reason":null,"stop_reason":null}]}"#;
-        let s = skim(vllm).expect("common chat chunk");
+        let s = skim_fresh(vllm).expect("common chat chunk");
         assert!(s.has_text);
         assert_eq!(s.texts, [None, None, Some(&b" word"[..]), None]);
         let role = br#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#;
-        let s = skim(role).expect("role chunk");
+        let s = skim_fresh(role).expect("role chunk");
         assert!(!s.has_text);
         let finish = br#"{"choices":[{"index":0,"text":"","finish_reason":"length"}]}"#;
-        let s = skim(finish).expect("finish chunk");
+        let s = skim_fresh(finish).expect("finish chunk");
         assert_eq!((s.has_text, s.finish_reason), (false, Some(&b"length"[..])));
         let reasoning = br#"{"choices":[{"delta":{"reasoning_content":"hm","content":null}}]}"#;
-        assert!(skim(reasoning).expect("reasoning").has_text);
+        assert!(skim_fresh(reasoning).expect("reasoning").has_text);
         let usage = br#"{"choices":[{"index":0,"text":"","finish_reason":"length"}],"usage":{"prompt_tokens":8,"completion_tokens":16,"total_tokens":24,"prompt_tokens":9,"prompt_tokens_details":null}}"#;
-        assert_eq!(skim(usage).expect("usage").usage, Some([Some(9), Some(16)]));
+        assert_eq!(
+            skim_fresh(usage).expect("usage").usage,
+            Some([Some(9), Some(16)])
+        );
         let unicode = "{\"choices\":[{\"text\":\"héllo ✓\"}]}";
         assert_eq!(
-            skim(unicode.as_bytes()).expect("utf-8").texts[3],
+            skim_fresh(unicode.as_bytes()).expect("utf-8").texts[3],
             Some("héllo ✓".as_bytes())
         );
     }
@@ -680,7 +800,7 @@ mod tests {
             br#"[{"choices":[]}]"#,
             b"{\"choices\":[{\"text\":\"\xff\"}]}",
         ] {
-            assert_eq!(skim(data), None, "{}", String::from_utf8_lossy(data));
+            assert_eq!(skim_fresh(data), None, "{}", String::from_utf8_lossy(data));
         }
     }
 }
