@@ -227,6 +227,7 @@ impl UpstreamClient {
                         kind,
                         keep_alive,
                         done,
+                        trailers: None,
                     },
                 ))
             }
@@ -429,13 +430,19 @@ fn parse_head(
             continue; // 100 Continue and the like: the real response follows
         }
         let kind = body_kind(&map, status, head_request)?;
-        let closes = map
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("close"));
-        let keep_alive = version == Version::HTTP_11 && !closes && kind != Kind::Close;
+        let has_option = |option: &str| {
+            map.get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|t| t.trim().eq_ignore_ascii_case(option))
+        };
+        // HTTP/1.1 persists unless told to close; HTTP/1.0 only with `keep-alive` (RFC 9112
+        // §9.3), and only for a length-delimited body (1.0 has no chunked framing).
+        let keep_alive = kind != Kind::Close
+            && !has_option("close")
+            && (version == Version::HTTP_11
+                || (has_option("keep-alive") && !matches!(kind, Kind::Chunked(_))));
         let mut parts = http::Response::new(()).into_parts().0;
         parts.status = status;
         parts.version = version;
@@ -491,6 +498,8 @@ pub(crate) struct UpstreamBody {
     kind: Kind,
     keep_alive: bool,
     done: bool,
+    /// Trailer fields of a chunked body, handed on as a last frame once it ended.
+    trailers: Option<HeaderMap>,
 }
 
 impl UpstreamBody {
@@ -585,15 +594,22 @@ impl UpstreamBody {
                             Some(_) => return Err(UpstreamError::Invalid("chunk without CRLF")),
                         },
                         Chunk::Trailers => {
-                            // Trailers are read and dropped (not forwarded to HTTP/1 clients).
                             let Some((len, used)) = line_end(buf)? else {
                                 break;
                             };
-                            buf.advance(used);
                             if len == 0 {
+                                buf.advance(used);
                                 self.done = true;
                                 break;
                             }
+                            // A field that does not parse is dropped, not the response.
+                            let fields = self.trailers.get_or_insert_with(HeaderMap::new);
+                            if let Some((name, value)) = trailer_field(&buf[..len]) {
+                                if fields.len() < MAX_HEADERS {
+                                    fields.append(name, value);
+                                }
+                            }
+                            buf.advance(used);
                         }
                     }
                 }
@@ -619,6 +635,14 @@ fn line_end(buf: &[u8]) -> Result<Option<(usize, usize)>, UpstreamError> {
         lf
     };
     Ok(Some((len, lf + 1)))
+}
+
+/// One `name: value` line of a chunked body's trailer section.
+fn trailer_field(line: &[u8]) -> Option<(HeaderName, HeaderValue)> {
+    let colon = memchr::memchr(b':', line)?;
+    let name = HeaderName::from_bytes(&line[..colon]).ok()?;
+    let value = HeaderValue::from_bytes(line[colon + 1..].trim_ascii()).ok()?;
+    Some((name, value))
 }
 
 /// A chunk-size line: hex digits (at most 15), then nothing, or extensions after `;` or
@@ -653,13 +677,17 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = &mut *self;
+        let trailers = |this: &mut Self| {
+            let fields = this.trailers.take().filter(|t| !t.is_empty());
+            Poll::Ready(fields.map(|t| Ok(Frame::trailers(t))))
+        };
         loop {
             if this.done {
-                return Poll::Ready(None);
+                return trailers(this);
             }
             match this.decode() {
                 Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                Ok(None) if this.done => return Poll::Ready(None),
+                Ok(None) if this.done => return trailers(this),
                 Ok(None) => {}
                 Err(err) => {
                     this.conn = None;
@@ -693,7 +721,7 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done
+        self.done && self.trailers.as_ref().is_none_or(HeaderMap::is_empty)
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -735,16 +763,90 @@ mod tests {
             kind,
             keep_alive,
             done,
+            trailers: None,
         };
         let mut frames = Vec::new();
         while let Some(frame) = body.frame().await {
-            frames.push(frame.unwrap().into_data().unwrap());
+            // Trailers come last, once: the test of them reads them with `trailers_of`.
+            if let Ok(data) = frame.unwrap().into_data() {
+                frames.push(data);
+            }
         }
         (
             parts.status.as_u16(),
             frames,
             body.take_reusable().is_some(),
         )
+    }
+
+    /// The frames of a body: data as `Ok`, then trailers as `Err`.
+    async fn frames_of(mut conn: Conn) -> Vec<Result<Bytes, HeaderMap>> {
+        let (_, kind, keep_alive) = read_head(&mut conn, false).await.unwrap();
+        let mut body = UpstreamBody {
+            conn: Some(conn),
+            kind,
+            keep_alive,
+            done: false,
+            trailers: None,
+        };
+        let mut frames = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.unwrap();
+            frames.push(frame.into_data().map_err(|f| f.into_trailers().unwrap()));
+        }
+        assert!(body.is_end_stream());
+        frames
+    }
+
+    #[tokio::test]
+    async fn trailers_are_a_last_frame() {
+        let (conn, _server) = conn_with(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n\
+              2\r\nhi\r\n0\r\nx-checksum: abc \r\nbad line\r\nx-n: 1\r\n\r\n",
+        )
+        .await;
+        let frames = frames_of(conn).await;
+        assert_eq!(frames.len(), 2, "{frames:?}");
+        assert_eq!(frames[0], Ok(Bytes::from_static(b"hi")));
+        let trailers = frames[1].clone().unwrap_err();
+        assert_eq!(trailers.get("x-checksum").unwrap(), "abc");
+        assert_eq!(trailers.get("x-n").unwrap(), "1");
+        assert_eq!(trailers.len(), 2, "the line without a colon is dropped");
+        // No trailer section: no trailers frame.
+        let (conn, _server) =
+            conn_with(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n")
+                .await;
+        assert_eq!(frames_of(conn).await, vec![Ok(Bytes::from_static(b"hi"))]);
+    }
+
+    #[tokio::test]
+    async fn an_http_1_0_upstream_is_reused_only_with_keep_alive() {
+        for (wire, reusable_expected) in [
+            (
+                &b"HTTP/1.0 200 OK\r\nconnection: Keep-Alive\r\ncontent-length: 2\r\n\r\nhi"[..],
+                true,
+            ),
+            (b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nhi", false),
+            (
+                b"HTTP/1.0 200 OK\r\nconnection: keep-alive, close\r\ncontent-length: 2\r\n\r\nhi",
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nhi",
+                false,
+            ),
+        ] {
+            let (conn, _server) = conn_with(wire).await;
+            let (status, frames, reusable) = body_of(conn, false).await;
+            assert_eq!(status, 200);
+            assert_eq!(frames, vec![Bytes::from_static(b"hi")]);
+            assert_eq!(
+                reusable,
+                reusable_expected,
+                "{}",
+                String::from_utf8_lossy(wire)
+            );
+        }
     }
 
     #[tokio::test]
@@ -817,6 +919,7 @@ mod tests {
             kind,
             keep_alive,
             done: false,
+            trailers: None,
         };
         assert!(body.frame().await.unwrap().is_err());
         let (mut conn, server) =
@@ -828,6 +931,7 @@ mod tests {
             kind,
             keep_alive,
             done: false,
+            trailers: None,
         };
         assert_eq!(
             body.frame().await.unwrap().unwrap().into_data().unwrap(),

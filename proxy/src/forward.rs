@@ -445,15 +445,16 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_SESSION_ID: HeaderName = HeaderName::from_static("x-session-id");
 
-/// The hop-by-hop headers of RFC 9110 §7.6.1, and two that clients still send.
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// The hop-by-hop headers of RFC 9110 §7.6.1, and two that clients still send. `Trailer`
+/// (RFC 2616's list had it) is end to end: it announces the trailer fields, which are
+/// forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
@@ -531,7 +532,24 @@ fn prepare_upstream_head(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     let incoming_version = parts.version;
+    // A client that takes trailers (`TE: trailers`, which every HTTP/2 gRPC client sends)
+    // gets the upstream's: the proxy forwards them, so it asks for them on its own hop.
+    let takes_trailers = parts
+        .headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     strip_hop_by_hop(&mut parts.headers);
+    if takes_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("te"));
+    }
 
     let upstream = &config.upstream;
     let path_and_query = match parts.uri.path_and_query() {

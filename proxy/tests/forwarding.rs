@@ -249,7 +249,8 @@ async fn hop_by_hop_and_forwarding_headers() {
             ("x-private", "secret-hop"),
             ("keep-alive", "timeout=5"),
             ("proxy-authorization", "Basic Zm9v"),
-            ("te", "trailers"),
+            // Not `trailers` (the proxy asks for those on its own hop: see below).
+            ("te", "gzip"),
             ("x-forwarded-for", "10.1.2.3"),
             ("x-forwarded-for", "10.4.5.6"),
             ("x-request-id", "req-42"),
@@ -493,4 +494,70 @@ async fn a_connection_closed_before_the_response_is_retried_once() {
         Some(body.to_string().len() as u64),
         "bytes are not counted twice"
     );
+}
+
+/// Trailer fields reach the client, as directly from the upstream: over HTTP/2, and over
+/// HTTP/1.1 when the client sent `TE: trailers`; the row is recorded once the trailers
+/// have gone through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_are_forwarded() {
+    use http_body_util::BodyExt;
+    let upstream = spawn_upstream(None).await;
+    let out = tempfile::tempdir().unwrap();
+    let sink = MemorySink::default();
+    let mut config = proxy_config(&upstream.url(), out.path());
+    sink.install(&mut config);
+    let proxy = retrace_proxy::spawn(config).await.unwrap();
+    let (h1, h2) = (h1_client(), h2_client());
+    let fetch = |url: String, h2_version: bool| {
+        let (h1, h2) = (h1.clone(), h2.clone());
+        async move {
+            let request = http::Request::post(url)
+                .header("te", "trailers")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+                .unwrap();
+            let response = if h2_version {
+                h2.request(request).await.unwrap()
+            } else {
+                h1.request(request).await.unwrap()
+            };
+            let collected = response.into_body().collect().await.unwrap();
+            let trailers = collected.trailers().cloned();
+            (collected.to_bytes(), trailers)
+        }
+    };
+    for h2_version in [false, true] {
+        let direct = fetch(format!("{}/trailers", upstream.url()), h2_version).await;
+        let through = fetch(
+            format!("http://{}/trailers", proxy.local_addr()),
+            h2_version,
+        )
+        .await;
+        let checksum = |t: &Option<http::HeaderMap>| {
+            t.as_ref()
+                .and_then(|t| t.get("x-checksum"))
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(
+            checksum(&direct.1).as_deref(),
+            Some("c0ffee"),
+            "h2: {h2_version}"
+        );
+        assert_eq!(
+            checksum(&through.1),
+            checksum(&direct.1),
+            "h2: {h2_version}"
+        );
+        assert_eq!(through.0, direct.0);
+    }
+    // TE went upstream as the proxy's own hop-by-hop request.
+    let seen = upstream.seen.lock().unwrap().clone();
+    let te: Vec<_> = seen
+        .iter()
+        .map(|s| s.headers.iter().any(|(k, v)| k == "te" && v == "trailers"))
+        .collect();
+    assert!(te.iter().all(|&t| t), "{te:?}");
+    let stats = proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(stats.rows_written, 2);
+    assert!(sink.rows().iter().all(|r| r.outcome == Outcome::Ok));
 }

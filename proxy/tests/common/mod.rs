@@ -103,6 +103,23 @@ async fn respond(
     if head_delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(head_delay_ms)).await;
     }
+    if path == "/trailers" {
+        // A chunked body with an announced trailer field (hyper sends trailers over HTTP/1.1
+        // only when the request said `TE: trailers`).
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-checksum", "c0ffee".parse().unwrap());
+        let frames = vec![
+            Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"data: {}\n\n"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let mut response = Response::new(BodyExt::boxed(StreamBody::new(
+            futures_util::stream::iter(frames),
+        )));
+        response
+            .headers_mut()
+            .insert("trailer", "x-checksum".parse().unwrap());
+        return Ok(response);
+    }
     if path == "/echo" {
         let text = format!("{{\"received_bytes\":{}}}", body.len());
         return Ok(Response::new(
