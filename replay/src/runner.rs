@@ -571,7 +571,12 @@ enum Counter<'a> {
 impl Counter<'_> {
     async fn count(self, chat: bool, text: &str) -> Option<u32> {
         match self {
-            Counter::Server(req, target) => count_tokens(req, target, chat, text).await,
+            // Once more when a call fails: on a loaded machine one slow answer must not
+            // turn the whole calibration into the estimate (seen in CI against llama.cpp).
+            Counter::Server(req, target) => match count_tokens(req, target, chat, text).await {
+                Some(count) => Some(count),
+                None => count_tokens(req, target, chat, text).await,
+            },
             Counter::Local(tokenizer) if chat => {
                 Some(tokenizer.count(&chat_text([("user", text)])))
             }
@@ -589,16 +594,24 @@ async fn one_token_words(counter: Counter<'_>) -> Option<Vec<&'static str>> {
         async move { counter.count(false, &text).await }
     };
     let mut kept = Vec::new();
+    let (mut probed, mut failed) = (0usize, 0usize);
     for chunk in crate::prompt::all_words().chunks(8) {
         let checks = chunk.iter().map(|&w| async move {
             let (four, eight) = (probe(w, 4).await?, probe(w, 8).await?);
             Some((w, eight.checked_sub(four) == Some(4)))
         });
         for result in futures_util::future::join_all(checks).await {
-            let (w, one) = result?;
-            if one {
-                kept.push(w);
+            probed += 1;
+            match result {
+                Some((w, true)) => kept.push(w),
+                Some((_, false)) => {}
+                // A word the counter could not answer for is left out.
+                None => failed += 1,
             }
+        }
+        // A counter that fails most probes (no /tokenize, a broken one) is not used.
+        if failed * 2 > probed {
+            return None;
         }
     }
     Some(kept)
