@@ -290,7 +290,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Full(bytes) => bytes.is_none(),
-            ProxyBody::Stream(body) => body.finished,
+            ProxyBody::Stream(body) => body.is_end_stream(),
         }
     }
 
@@ -313,6 +313,8 @@ pub(crate) struct ResponseBody {
     idle_timeout: Duration,
     /// Set when the proxy injected `include_usage`: drops the usage-only event.
     strip: Option<EventSplitter>,
+    /// The upstream's trailers, held back one poll while the splitter's tail goes first.
+    held_trailers: Option<Frame<Bytes>>,
     finished: bool,
 }
 
@@ -362,6 +364,9 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(trailers) = this.held_trailers.take() {
+            return Poll::Ready(Some(Ok(trailers)));
+        }
         if this.finished {
             return Poll::Ready(None);
         }
@@ -374,10 +379,26 @@ impl Body for ResponseBody {
                     // the end is recorded with the last frame, not on a later poll.
                     let ended = this.inner.is_end_stream();
                     let Some(data) = frame.data_ref() else {
+                        // Trailers: the last frame of a chunked body.
+                        let frame = match frame.into_trailers() {
+                            Ok(fields) => {
+                                let fields = forwardable_trailers(fields);
+                                (!fields.is_empty()).then(|| Frame::trailers(fields))
+                            }
+                            Err(other) => Some(other),
+                        };
                         if ended {
-                            this.end();
+                            if let Some(tail) = this.end() {
+                                // What the splitter still held goes before the trailers.
+                                this.held_trailers = frame;
+                                return Poll::Ready(Some(Ok(Frame::data(tail))));
+                            }
                         }
-                        return Poll::Ready(Some(Ok(frame)));
+                        match frame {
+                            Some(frame) => return Poll::Ready(Some(Ok(frame))),
+                            None if ended => return Poll::Ready(None),
+                            None => continue,
+                        }
                     };
                     let at_us = this.recording.offset_us();
                     if let Some(observer) = this.recording.observer.as_mut() {
@@ -430,8 +451,34 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.finished
+        self.finished && self.held_trailers.is_none()
     }
+}
+
+/// Fields that may not be sent as trailers (RFC 9110 §6.5.1; the set hyper's HTTP/1.1
+/// encoder refuses), besides the hop-by-hop ones: an HTTP/2 client would see a stream
+/// reset for some of them.
+const NOT_TRAILERS: [HeaderName; 10] = [
+    header::AUTHORIZATION,
+    header::CACHE_CONTROL,
+    header::CONTENT_ENCODING,
+    header::CONTENT_LENGTH,
+    header::CONTENT_RANGE,
+    header::CONTENT_TYPE,
+    header::HOST,
+    header::MAX_FORWARDS,
+    header::SET_COOKIE,
+    header::TRAILER,
+];
+
+/// The upstream's trailer fields that are forwarded: all but hop-by-hop fields (and what
+/// a `Connection` trailer names) and fields not allowed in trailers.
+fn forwardable_trailers(mut fields: HeaderMap) -> HeaderMap {
+    strip_hop_by_hop(&mut fields);
+    for name in &NOT_TRAILERS {
+        fields.remove(name);
+    }
+    fields
 }
 
 pub(crate) fn now_us() -> i64 {
@@ -542,6 +589,8 @@ fn prepare_upstream_head(
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     strip_hop_by_hop(&mut parts.headers);
+    // The upstream client sends no request trailers: it must not be told to expect any.
+    parts.headers.remove(header::TRAILER);
     if takes_trailers {
         parts
             .headers
@@ -888,10 +937,41 @@ pub(crate) async fn handle(
         idle: Box::pin(tokio::time::sleep(config.idle_timeout)),
         idle_timeout: config.idle_timeout,
         strip: strip_usage.then(EventSplitter::new),
+        held_trailers: None,
         finished: false,
     };
     Ok(Response::from_parts(
         parts,
         ProxyBody::Stream(Box::new(body)),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn trailers_lose_hop_by_hop_and_forbidden_fields() {
+        let mut fields = HeaderMap::new();
+        for (name, value) in [
+            ("x-checksum", "abc"),
+            ("grpc-status", "0"),
+            ("keep-alive", "timeout=5"),
+            ("connection", "x-private"),
+            ("x-private", "1"),
+            ("content-length", "5"),
+            ("set-cookie", "a=b"),
+            ("te", "gzip"),
+        ] {
+            fields.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let kept = forwardable_trailers(fields);
+        let mut names: Vec<&str> = kept.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["grpc-status", "x-checksum"]);
+    }
 }

@@ -104,7 +104,7 @@ mod lenient {
     use std::borrow::Cow;
     use std::fmt;
 
-    use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
     use serde::Deserialize;
 
     /// `visit_*` methods that read a value of a type the reader does not take: it is
@@ -131,16 +131,36 @@ mod lenient {
         };
         (@one $v:expr; seq) => {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                while seq.next_element::<Skip>()?.is_some() {}
                 Ok($v)
             }
         };
         (@one $v:expr; map) => {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                while map.next_entry::<Skip, Skip>()?.is_some() {}
                 Ok($v)
             }
         };
+    }
+
+    /// Any JSON value, checked as reading it into a `serde_json::Value` checks it (UTF-8 and
+    /// escapes of strings, the range of numbers, the nesting depth) and then dropped.
+    /// serde's `IgnoredAny` skips without those checks, and the reading must reject
+    /// exactly the bodies a `Value` rejects.
+    struct Skip;
+
+    impl<'de> Deserialize<'de> for Skip {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Skip;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("any value")
+                }
+                absent!(Skip; bool, i64, u64, f64, str, unit, seq, map);
+            }
+            d.deserialize_any(V)
+        }
     }
 
     /// A scalar the request's fields are made of; anything else is `Other`.
@@ -221,7 +241,7 @@ mod lenient {
                             "messages" => body.messages = map.next_value::<Messages<'de>>()?.0,
                             "prompt" => body.prompt = map.next_value::<PromptValue<'de>>()?.0,
                             _ => {
-                                map.next_value::<IgnoredAny>()?;
+                                map.next_value::<Skip>()?;
                             }
                         }
                     }
@@ -249,7 +269,7 @@ mod lenient {
                         if key == "include_usage" {
                             include_usage = map.next_value()?;
                         } else {
-                            map.next_value::<IgnoredAny>()?;
+                            map.next_value::<Skip>()?;
                         }
                     }
                     Ok(Options(include_usage))
@@ -305,7 +325,7 @@ mod lenient {
                             "role" => message.role = map.next_value()?,
                             "content" => message.content = map.next_value::<Content<'de>>()?.0,
                             _ => {
-                                map.next_value::<IgnoredAny>()?;
+                                map.next_value::<Skip>()?;
                             }
                         }
                     }
@@ -370,7 +390,7 @@ mod lenient {
                         if key == "text" {
                             text = map.next_value()?;
                         } else {
-                            map.next_value::<IgnoredAny>()?;
+                            map.next_value::<Skip>()?;
                         }
                     }
                     Ok(Part(text))
@@ -544,6 +564,11 @@ mod tests {
             Just(r#""m""#.to_string()),
             Just(r#""a\"b\u00e9\n""#.to_string()),
             Just(r#""héllo""#.to_string()),
+            // What a `Value` rejects and a lax skip would not: a lone surrogate, a number
+            // out of range, nesting past serde_json's depth limit.
+            Just(r#""\ud800""#.to_string()),
+            Just("1e400".to_string()),
+            Just(format!("{}{}", "[".repeat(130), "]".repeat(130))),
             "[a-z ]{0,5}".prop_map(|t| format!("\"{t}\"")),
         ]
     }
@@ -675,6 +700,30 @@ mod tests {
                     "{}", body
                 );
             }
+        }
+    }
+
+    #[test]
+    fn bodies_a_json_tree_rejects_are_rejected() {
+        let deep = format!(
+            "{{\"model\":\"m\",\"x\":{}{}}}",
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        for body in [
+            &b"{\"model\":\"m\",\"user\":\"\\ud800\"}"[..],
+            b"{\"model\":\"m\",\"temperature\":1e400}",
+            b"{\"model\":\"m\",\"x\":\"\xff\"}",
+            b"{\"model\":[\"\\ud800\"]}",
+            deep.as_bytes(),
+        ] {
+            assert_eq!(parse_via_value(&Endpoint::Chat, body), None);
+            assert_eq!(
+                parse(&Endpoint::Chat, body),
+                None,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 

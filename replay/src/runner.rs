@@ -514,9 +514,24 @@ async fn discover(req: &Requester, config: &ReplayConfig) -> Result<TargetInfo, 
     })
 }
 
+/// Why a count could not be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CountFailure {
+    /// The server answered, but not with a count (no `/tokenize`, an error status, another
+    /// body): asking again gives the same.
+    Refused,
+    /// No answer (connection failure, timeout): worth one more try.
+    Unreachable,
+}
+
 /// Counts tokens of a prompt with the server's `/tokenize`, shaped like the request, so the
 /// count is what the server's `usage.prompt_tokens` will say.
-async fn count_tokens(req: &Requester, target: &TargetInfo, chat: bool, text: &str) -> Option<u32> {
+async fn count_tokens(
+    req: &Requester,
+    target: &TargetInfo,
+    chat: bool,
+    text: &str,
+) -> Result<u32, CountFailure> {
     let url = format!("{}/tokenize", target.base);
     let messages = json!([{"role": "user", "content": text}]);
     let body = match (target.kind, chat) {
@@ -531,19 +546,23 @@ async fn count_tokens(req: &Requester, target: &TargetInfo, chat: bool, text: &s
                     Some(&json!({ "messages": messages })),
                 )
                 .await
-                .ok()?;
+                .map_err(|_| CountFailure::Unreachable)?;
             let prompt = value
                 .get("prompt")
                 .and_then(Value::as_str)
-                .filter(|_| status.is_success())?;
+                .filter(|_| status.is_success())
+                .ok_or(CountFailure::Refused)?;
             json!({ "content": prompt, "add_special": true })
         }
         (_, true) => json!({ "model": target.model, "messages": messages }),
         (_, false) => json!({ "model": target.model, "prompt": text }),
     };
-    let (status, _, value) = req.json(Method::POST, &url, Some(&body)).await.ok()?;
+    let (status, _, value) = req
+        .json(Method::POST, &url, Some(&body))
+        .await
+        .map_err(|_| CountFailure::Unreachable)?;
     if !status.is_success() {
-        return None;
+        return Err(CountFailure::Refused);
     }
     value
         .get("count")
@@ -555,6 +574,7 @@ async fn count_tokens(req: &Requester, target: &TargetInfo, chat: bool, text: &s
                 .map(|t| t.len() as u64)
         })
         .map(|c| c as u32)
+        .ok_or(CountFailure::Refused)
 }
 
 /// What prompts are measured with during calibration.
@@ -569,18 +589,16 @@ enum Counter<'a> {
 }
 
 impl Counter<'_> {
-    async fn count(self, chat: bool, text: &str) -> Option<u32> {
+    async fn count(self, chat: bool, text: &str) -> Result<u32, CountFailure> {
         match self {
-            // Once more when a call fails: on a loaded machine one slow answer must not
+            // Once more when no answer came: on a loaded machine one slow answer must not
             // turn the whole calibration into the estimate (seen in CI against llama.cpp).
             Counter::Server(req, target) => match count_tokens(req, target, chat, text).await {
-                Some(count) => Some(count),
-                None => count_tokens(req, target, chat, text).await,
+                Err(CountFailure::Unreachable) => count_tokens(req, target, chat, text).await,
+                answered => answered,
             },
-            Counter::Local(tokenizer) if chat => {
-                Some(tokenizer.count(&chat_text([("user", text)])))
-            }
-            Counter::Local(tokenizer) => Some(tokenizer.count(text)),
+            Counter::Local(tokenizer) if chat => Ok(tokenizer.count(&chat_text([("user", text)]))),
+            Counter::Local(tokenizer) => Ok(tokenizer.count(text)),
         }
     }
 }
@@ -598,23 +616,25 @@ async fn one_token_words(counter: Counter<'_>) -> Option<Vec<&'static str>> {
     for chunk in crate::prompt::all_words().chunks(8) {
         let checks = chunk.iter().map(|&w| async move {
             let (four, eight) = (probe(w, 4).await?, probe(w, 8).await?);
-            Some((w, eight.checked_sub(four) == Some(4)))
+            Ok::<_, CountFailure>((w, eight.checked_sub(four) == Some(4)))
         });
         for result in futures_util::future::join_all(checks).await {
             probed += 1;
             match result {
-                Some((w, true)) => kept.push(w),
-                Some((_, false)) => {}
+                Ok((w, true)) => kept.push(w),
+                Ok((_, false)) => {}
                 // A word the counter could not answer for is left out.
-                None => failed += 1,
+                Err(_) => failed += 1,
             }
         }
-        // A counter that fails most probes (no /tokenize, a broken one) is not used.
-        if failed * 2 > probed {
+        // Nothing answered yet (no /tokenize, a dead one): known at once, not after
+        // every word has waited out its timeout.
+        if failed == probed {
             return None;
         }
     }
-    Some(kept)
+    // A counter that failed most probes is not trusted with the lengths.
+    (failed * 2 <= probed).then_some(kept)
 }
 
 /// Most distinct lengths verified per request shape (the rest use the fitted model).
@@ -687,7 +707,7 @@ async fn calibrate_with(
                 &crate::prompt::text_of(&vocabulary, &[], "calibration", n2, 1),
             )
             .await;
-        let (Some(t1), Some(t2)) = (t1, t2) else {
+        let (Ok(t1), Ok(t2)) = (t1, t2) else {
             continue;
         };
         let per_word = (f64::from(t2) - f64::from(t1)) / (n2 - n1) as f64;
@@ -722,7 +742,7 @@ async fn calibrate_with(
                             words,
                             1,
                         );
-                        let Some(count) = counter.count(chat, &text).await else {
+                        let Ok(count) = counter.count(chat, &text).await else {
                             break;
                         };
                         let diff = i64::from(len) - i64::from(count);

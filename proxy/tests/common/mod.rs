@@ -85,6 +85,7 @@ async fn respond(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    let with_trailers = headers.iter().any(|(k, _)| k == "x-test-trailers");
     let body = request
         .into_body()
         .collect()
@@ -103,21 +104,24 @@ async fn respond(
     if head_delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(head_delay_ms)).await;
     }
-    if path == "/trailers" {
+    if with_trailers {
         // A chunked body with an announced trailer field (hyper sends trailers over HTTP/1.1
         // only when the request said `TE: trailers`).
         let mut trailers = http::HeaderMap::new();
         trailers.insert("x-checksum", "c0ffee".parse().unwrap());
+        // The last event lacks its blank line: a proxy that splits events must still
+        // forward it, before the trailers.
         let frames = vec![
             Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"data: {}\n\n"))),
+            Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n"))),
             Ok(Frame::trailers(trailers)),
         ];
         let mut response = Response::new(BodyExt::boxed(StreamBody::new(
             futures_util::stream::iter(frames),
         )));
-        response
-            .headers_mut()
-            .insert("trailer", "x-checksum".parse().unwrap());
+        let headers = response.headers_mut();
+        headers.insert("trailer", "x-checksum".parse().unwrap());
+        headers.insert("content-type", "text/event-stream".parse().unwrap());
         return Ok(response);
     }
     if path == "/echo" {
