@@ -92,17 +92,13 @@ where
     F: FnOnce(retrace::shutdown::Signal) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<u8>>,
 {
-    let runtime = match threads.map(NonZeroUsize::get) {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build()?,
-        None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?,
+    let mut builder = match threads.map(NonZeroUsize::get) {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
     };
+    if let Some(n) = threads {
+        builder.worker_threads(n.get()); // no effect on a current-thread runtime
+    }
+    let runtime = builder.enable_all().build()?;
     runtime.block_on(async move { entry(retrace::shutdown::Signal::new()).await })
 }

@@ -20,7 +20,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::connector::{UpstreamConnector, UpstreamStream};
-use crate::forward::{BoxError, ForwardBody};
+use crate::forward::{has_token, BoxError, ForwardBody};
 
 /// Longest response head accepted (status line and headers).
 const MAX_HEAD_BYTES: usize = 64 << 10;
@@ -219,17 +219,7 @@ impl UpstreamClient {
         let response = read_head(&mut conn, head.method == Method::HEAD).await;
         match (sent, response) {
             (_, Ok((parts, kind, keep_alive))) => {
-                let done = matches!(kind, Kind::Empty | Kind::Length(0));
-                Ok((
-                    parts,
-                    UpstreamBody {
-                        conn: Some(conn),
-                        kind,
-                        keep_alive,
-                        done,
-                        trailers: None,
-                    },
-                ))
+                Ok((parts, UpstreamBody::new(conn, kind, keep_alive)))
             }
             (Err(err), Err(_)) | (Ok(()), Err(err)) => Err(err),
         }
@@ -430,13 +420,7 @@ fn parse_head(
             continue; // 100 Continue and the like: the real response follows
         }
         let kind = body_kind(&map, status, head_request)?;
-        let has_option = |option: &str| {
-            map.get_all(header::CONNECTION)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .any(|t| t.trim().eq_ignore_ascii_case(option))
-        };
+        let has_option = |option| has_token(&map, &header::CONNECTION, option);
         // HTTP/1.1 persists unless told to close; HTTP/1.0 only with `keep-alive` (RFC 9112
         // §9.3), and only for a length-delimited body (1.0 has no chunked framing).
         let keep_alive = kind != Kind::Close
@@ -498,11 +482,22 @@ pub(crate) struct UpstreamBody {
     kind: Kind,
     keep_alive: bool,
     done: bool,
-    /// Trailer fields of a chunked body, handed on as a last frame once it ended.
+    /// Trailer fields of a chunked body (never empty), handed on as a last frame once it
+    /// ended.
     trailers: Option<HeaderMap>,
 }
 
 impl UpstreamBody {
+    fn new(conn: Conn, kind: Kind, keep_alive: bool) -> UpstreamBody {
+        UpstreamBody {
+            conn: Some(conn),
+            done: matches!(kind, Kind::Empty | Kind::Length(0)),
+            kind,
+            keep_alive,
+            trailers: None,
+        }
+    }
+
     /// The connection, once the body ended cleanly and it can carry another request.
     pub(crate) fn take_reusable(&mut self) -> Option<Conn> {
         if self.done && self.keep_alive {
@@ -603,8 +598,8 @@ impl UpstreamBody {
                                 break;
                             }
                             // A field that does not parse is dropped, not the response.
-                            let fields = self.trailers.get_or_insert_with(HeaderMap::new);
                             if let Some((name, value)) = trailer_field(&buf[..len]) {
+                                let fields = self.trailers.get_or_insert_with(HeaderMap::new);
                                 if fields.len() < MAX_HEADERS {
                                     fields.append(name, value);
                                 }
@@ -677,10 +672,8 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = &mut *self;
-        let trailers = |this: &mut Self| {
-            let fields = this.trailers.take().filter(|t| !t.is_empty());
-            Poll::Ready(fields.map(|t| Ok(Frame::trailers(t))))
-        };
+        let trailers =
+            |this: &mut Self| Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
         loop {
             if this.done {
                 return trailers(this);
@@ -721,7 +714,7 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done && self.trailers.as_ref().is_none_or(HeaderMap::is_empty)
+        self.done && self.trailers.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -757,17 +750,10 @@ mod tests {
 
     async fn body_of(mut conn: Conn, head_request: bool) -> (u16, Vec<Bytes>, bool) {
         let (parts, kind, keep_alive) = read_head(&mut conn, head_request).await.unwrap();
-        let done = matches!(kind, Kind::Empty | Kind::Length(0));
-        let mut body = UpstreamBody {
-            conn: Some(conn),
-            kind,
-            keep_alive,
-            done,
-            trailers: None,
-        };
+        let mut body = UpstreamBody::new(conn, kind, keep_alive);
         let mut frames = Vec::new();
         while let Some(frame) = body.frame().await {
-            // Trailers come last, once: the test of them reads them with `trailers_of`.
+            // Trailers come last, once: `frames_of` is the reader that keeps them.
             if let Ok(data) = frame.unwrap().into_data() {
                 frames.push(data);
             }
@@ -782,13 +768,7 @@ mod tests {
     /// The frames of a body: data as `Ok`, then trailers as `Err`.
     async fn frames_of(mut conn: Conn) -> Vec<Result<Bytes, HeaderMap>> {
         let (_, kind, keep_alive) = read_head(&mut conn, false).await.unwrap();
-        let mut body = UpstreamBody {
-            conn: Some(conn),
-            kind,
-            keep_alive,
-            done: false,
-            trailers: None,
-        };
+        let mut body = UpstreamBody::new(conn, kind, keep_alive);
         let mut frames = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.unwrap();
@@ -914,25 +894,13 @@ mod tests {
         let (mut conn, _server) =
             conn_with(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n").await;
         let (_, kind, keep_alive) = read_head(&mut conn, false).await.unwrap();
-        let mut body = UpstreamBody {
-            conn: Some(conn),
-            kind,
-            keep_alive,
-            done: false,
-            trailers: None,
-        };
+        let mut body = UpstreamBody::new(conn, kind, keep_alive);
         assert!(body.frame().await.unwrap().is_err());
         let (mut conn, server) =
             conn_with(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc").await;
         drop(server);
         let (_, kind, keep_alive) = read_head(&mut conn, false).await.unwrap();
-        let mut body = UpstreamBody {
-            conn: Some(conn),
-            kind,
-            keep_alive,
-            done: false,
-            trailers: None,
-        };
+        let mut body = UpstreamBody::new(conn, kind, keep_alive);
         assert_eq!(
             body.frame().await.unwrap().unwrap().into_data().unwrap(),
             "abc"

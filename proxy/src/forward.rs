@@ -506,6 +506,23 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+/// The elements of a comma-separated list header (RFC 9110 §5.6.1), every line of it,
+/// trimmed.
+fn list_tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
+/// Whether the list header `name` has the element `token` (case-insensitive), as
+/// `Connection: close` or `TE: trailers`.
+pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    list_tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
+}
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): the fixed list and every header the
 /// Connection header names.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -514,12 +531,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+    let named: Vec<HeaderName> = list_tokens(headers, &header::CONNECTION)
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(name);
@@ -581,13 +594,7 @@ fn prepare_upstream_head(
     let incoming_version = parts.version;
     // A client that takes trailers (`TE: trailers`, which every HTTP/2 gRPC client sends)
     // gets the upstream's: the proxy forwards them, so it asks for them on its own hop.
-    let takes_trailers = parts
-        .headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    let takes_trailers = has_token(&parts.headers, &header::TE, "trailers");
     strip_hop_by_hop(&mut parts.headers);
     // The upstream client sends no request trailers: it must not be told to expect any.
     parts.headers.remove(header::TRAILER);

@@ -252,6 +252,20 @@ mod lenient {
         }
     }
 
+    /// The member `name` of an object (a repeated key's last value wins); the others are
+    /// skipped.
+    fn field_of<'de, A: MapAccess<'de>>(mut map: A, name: &str) -> Result<Any<'de>, A::Error> {
+        let mut value = Any::Other;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if key == name {
+                value = map.next_value()?;
+            } else {
+                map.next_value::<Skip>()?;
+            }
+        }
+        Ok(value)
+    }
+
     /// `include_usage` of a `stream_options` object.
     struct Options<'a>(Any<'a>);
 
@@ -263,16 +277,8 @@ mod lenient {
                 fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                     f.write_str("any value")
                 }
-                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                    let mut include_usage = Any::Other;
-                    while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                        if key == "include_usage" {
-                            include_usage = map.next_value()?;
-                        } else {
-                            map.next_value::<Skip>()?;
-                        }
-                    }
-                    Ok(Options(include_usage))
+                fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                    field_of(map, "include_usage").map(Options)
                 }
                 absent!(Options(Any::Other); bool, i64, u64, f64, str, unit, seq);
             }
@@ -384,16 +390,8 @@ mod lenient {
                 fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                     f.write_str("any value")
                 }
-                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                    let mut text = Any::Other;
-                    while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                        if key == "text" {
-                            text = map.next_value()?;
-                        } else {
-                            map.next_value::<Skip>()?;
-                        }
-                    }
-                    Ok(Part(text))
+                fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                    field_of(map, "text").map(Part)
                 }
                 absent!(Part(Any::Other); bool, i64, u64, f64, str, unit, seq);
             }
