@@ -104,8 +104,8 @@ pub struct StreamObserver {
     obs: Observation,
     /// Whether [`skim`] may read events (off only in the test that compares it with serde).
     fast_path: bool,
-    /// The head events of this stream repeat (see [`skim::Prefix`]).
-    event_head: skim::Prefix,
+    /// What the stream's events so far let the next ones skip (see [`skim::Remembered`]).
+    remembered: skim::Remembered,
 }
 
 impl StreamObserver {
@@ -126,7 +126,7 @@ impl StreamObserver {
             events: 0,
             obs: Observation::default(),
             fast_path: true,
-            event_head: skim::Prefix::default(),
+            remembered: skim::Remembered::default(),
         }
     }
 
@@ -251,7 +251,7 @@ impl StreamObserver {
         // The common shape first, without serde; it abstains on anything else.
         let fast = self
             .fast_path
-            .then(|| skim::skim(trimmed, &mut self.event_head));
+            .then(|| skim::skim(trimmed, &mut self.remembered));
         if let Some(chunk) = fast.flatten() {
             // The skim let only valid UTF-8 through: these conversions are checks only.
             if self.text_cap_bytes.is_some() {

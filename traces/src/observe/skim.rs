@@ -33,37 +33,123 @@ const MAX_DEPTH: u32 = 64;
 /// decide.
 const MAX_NUMBER_BYTES: usize = 18;
 
-/// Longest event head remembered by [`Prefix`].
+/// Longest event head remembered by [`Remembered`].
 const MAX_PREFIX_BYTES: usize = 512;
 
-/// The head of the last event read, up to the value of its `choices` (when nothing before
-/// it was `usage`). A server repeats that head in every event of a stream (`id`, `object`,
-/// `created`, `model`, …), and the parser's state at its end is always the same: nothing
-/// seen yet. So an event that starts with the same bytes is read from there, after one
-/// comparison instead of a parse of half its bytes. Exact by construction: the parser is
-/// deterministic, and the same bytes bring it to the same state.
+/// Longest event remembered as a [`Template`].
+const MAX_TEMPLATE_BYTES: usize = 1024;
+
+/// What the reader remembers of a stream's earlier events, so that the next ones cost a
+/// comparison instead of a parse. Both parts are caches: exact whatever they hold (a
+/// stale one just fails to match), and whichever answers, the answer is the same.
 #[derive(Debug, Default)]
-pub(super) struct Prefix {
-    bytes: Vec<u8>,
+pub(super) struct Remembered {
+    /// The head of the last event read, up to the value of its `choices` (when nothing
+    /// before it was `usage`). A server repeats that head in every event of a stream
+    /// (`id`, `object`, `created`, `model`, …), and the parser's state at its end is
+    /// always the same: nothing seen yet. So an event that starts with the same bytes is
+    /// read from there, after one comparison instead of a parse of half its bytes. Exact
+    /// by construction: the parser is deterministic, and the same bytes bring it to the
+    /// same state.
+    head: Vec<u8>,
+    /// The last event whose only reading was one generated text.
+    template: Template,
+}
+
+/// An event whose reading is one text and nothing else (no finish reason, no usage),
+/// split around that text's string: most events of a stream are that event again with
+/// another token in the string (`…"delta":{"content":"` TOKEN `"},"logprobs":null,…`).
+/// An event made of the same bytes before and after a plain string reads as the same
+/// text slot holding that string: the parser reaches the string in the same state, a
+/// plain string's content moves it nowhere else, and the same bytes after it end the
+/// parse the same way. A string the plain scan does not read, or other bytes on either
+/// side, and the event is parsed in full.
+#[derive(Debug, Default)]
+struct Template {
+    /// The event's bytes up to and including the string's opening quote (empty: none).
+    before: Vec<u8>,
+    /// The event's bytes after the string's closing quote.
+    after: Vec<u8>,
+    /// Which of [`Skimmed::texts`] the string is.
+    slot: usize,
+}
+
+impl Template {
+    /// `data` read through the template, when it matches.
+    #[inline]
+    fn read<'a>(&self, data: &'a [u8]) -> Option<Skimmed<'a>> {
+        if self.before.is_empty() || !data.starts_with(&self.before) {
+            return None;
+        }
+        // At the opening quote, the last byte of `before`.
+        let mut p = Parser {
+            s: data,
+            i: self.before.len() - 1,
+        };
+        let text = p.string()?;
+        if data.get(p.i..)? != self.after.as_slice() {
+            return None;
+        }
+        let mut out = Skimmed {
+            has_text: !text.is_empty(),
+            ..Skimmed::default()
+        };
+        out.texts[self.slot] = Some(text);
+        Some(out)
+    }
+
+    /// Remembers `data` if `out`, its reading, is one text string and nothing else.
+    fn learn(&mut self, data: &[u8], out: &Skimmed<'_>) {
+        if out.finish_reason.is_some() || out.usage.is_some() || data.len() > MAX_TEMPLATE_BYTES {
+            return;
+        }
+        let mut texts = (0..out.texts.len()).filter_map(|slot| Some((slot, out.texts[slot]?)));
+        let (Some((slot, text)), None) = (texts.next(), texts.next()) else {
+            return;
+        };
+        // The text borrows from `data` (the parser hands out its own bytes): its offset.
+        let Some(start) = (text.as_ptr() as usize).checked_sub(data.as_ptr() as usize) else {
+            return;
+        };
+        let end = start + text.len();
+        if start == 0 || data.get(start - 1) != Some(&b'"') || data.get(end) != Some(&b'"') {
+            return;
+        }
+        self.before.clear();
+        self.before.extend_from_slice(&data[..start]);
+        self.after.clear();
+        self.after.extend_from_slice(&data[end + 1..]);
+        self.slot = slot;
+    }
 }
 
 /// Reads `data` (one SSE event's data, trimmed) if it has the common shape; `None` means
-/// "parse it with serde". `prefix` is the stream's remembered event head.
-pub(super) fn skim<'a>(data: &'a [u8], prefix: &mut Prefix) -> Option<Skimmed<'a>> {
+/// "parse it with serde". `memory` is what the stream's earlier events left.
+pub(super) fn skim<'a>(data: &'a [u8], memory: &mut Remembered) -> Option<Skimmed<'a>> {
+    if let Some(out) = memory.template.read(data) {
+        return Some(out);
+    }
+    let out = parse(data, &mut memory.head)?;
+    memory.template.learn(data, &out);
+    Some(out)
+}
+
+/// Reads `data` in full (from the remembered `head` on when it starts with it).
+fn parse<'a>(data: &'a [u8], head: &mut Vec<u8>) -> Option<Skimmed<'a>> {
     let mut p = Parser { s: data, i: 0 };
     let mut out = Skimmed::default();
     let mut seen_choices = false;
     let mut seen_usage = false;
-    let resume_at = prefix.bytes.len();
-    let resume = resume_at > 0 && data.starts_with(&prefix.bytes);
+    let resume_at = head.len();
+    let resume = resume_at > 0 && data.starts_with(head);
     let mut member = |p: &mut Parser<'a>, key: &'a [u8]| match key {
         b"choices" => {
             if std::mem::replace(&mut seen_choices, true) {
                 return None; // duplicate field: a serde error
             }
             if !seen_usage && !resume && p.i <= MAX_PREFIX_BYTES {
-                prefix.bytes.clear();
-                prefix.bytes.extend_from_slice(&p.s[..p.i]);
+                head.clear();
+                head.extend_from_slice(&p.s[..p.i]);
             }
             p.choices(&mut out)
         }
@@ -462,7 +548,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn skim_fresh(data: &[u8]) -> Option<Skimmed<'_>> {
-        skim(data, &mut Prefix::default())
+        skim(data, &mut Remembered::default())
     }
 
     /// Observes `events` (SSE data payloads) with or without the fast path.
@@ -673,6 +759,73 @@ mod tests {
             })
     }
 
+    /// A stream of one event shape with another text each time, as servers send (the
+    /// template's ground): texts the plain scan cannot read among them, now and then an
+    /// event of another shape (more members after `choices`), some events damaged.
+    fn shaped_stream() -> impl Strategy<Value = Vec<String>> {
+        let slot = prop_oneof![
+            Just(("text", false)),
+            Just(("content", true)),
+            Just(("reasoning_content", true)),
+            Just(("reasoning", true)),
+        ];
+        // Mostly tokens; sometimes anything a text can be.
+        let text =
+            prop_oneof![3 => "[a-zé ]{0,6}".prop_map(|t| format!("\"{t}\"")), 1 => text_value()];
+        // Mostly whole.
+        let damage =
+            prop_oneof![3 => (Just(7u8), any::<prop::sample::Index>(), Just(0u8)), 1 => damage()];
+        let event = (text, damage, 0u8..6);
+        (
+            prop::collection::vec(member(), 0..3),
+            slot,
+            prop::collection::vec(member(), 1..3),
+            prop::collection::vec(event, 1..8),
+        )
+            .prop_map(|(head, (key, in_delta), tail, events)| {
+                events
+                    .into_iter()
+                    .map(|(text, d, shape)| {
+                        let text = format!("\"{key}\":{text}");
+                        let choice = if in_delta {
+                            format!(r#"{{"index":0,"delta":{{{text}}},"finish_reason":null}}"#)
+                        } else {
+                            format!(r#"{{"index":0,{text},"logprobs":null}}"#)
+                        };
+                        let mut members = head.clone();
+                        members.push(("choices", format!("[{choice}]")));
+                        if shape == 0 {
+                            members.extend(tail.clone());
+                        }
+                        damaged(object(members), d)
+                    })
+                    .collect()
+            })
+    }
+
+    #[test]
+    fn shaped_streams_are_read_through_templates() {
+        use proptest::strategy::ValueTree;
+        use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+        let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[9; 32]);
+        let mut runner = TestRunner::new_with_rng(Config::default(), rng);
+        let strategy = shaped_stream();
+        let (mut events, mut templated) = (0, 0);
+        for _ in 0..500 {
+            let mut memory = Remembered::default();
+            for data in strategy.new_tree(&mut runner).expect("a value").current() {
+                let data = data.trim_ascii().as_bytes();
+                events += 1;
+                templated += usize::from(memory.template.read(data).is_some());
+                skim(data, &mut memory);
+            }
+        }
+        assert!(
+            (events / 5..=events * 4 / 5).contains(&templated),
+            "{templated} of {events} events read through a template"
+        );
+    }
+
     /// The property below is only worth something if the fast path answers often on
     /// these inputs (and abstains often too).
     #[test]
@@ -685,7 +838,7 @@ mod tests {
         let mut answered = 0;
         for _ in 0..2_000 {
             let data = strategy.new_tree(&mut runner).expect("a value").current();
-            let mut prefix = Prefix::default();
+            let mut prefix = Remembered::default();
             answered += usize::from(skim(data.trim_ascii().as_bytes(), &mut prefix).is_some());
         }
         assert!(
@@ -707,6 +860,12 @@ mod tests {
         /// The same on streams whose events share their head, read from where it ends.
         #[test]
         fn the_fast_path_agrees_with_serde_on_streams(events in stream()) {
+            prop_assert_eq!(observe(&events, true), observe(&events, false));
+        }
+
+        /// The same on streams of one event shape, read through its template.
+        #[test]
+        fn the_fast_path_agrees_with_serde_on_shaped_streams(events in shaped_stream()) {
             prop_assert_eq!(observe(&events, true), observe(&events, false));
         }
     }
@@ -732,26 +891,67 @@ mod tests {
 
     #[test]
     fn a_repeated_head_is_read_once() {
-        let mut prefix = Prefix::default();
+        let mut prefix = Remembered::default();
         let first = br#"{"id":"cmpl-1","model":"m","choices":[{"text":"a"}]}"#;
         let second = br#"{"id":"cmpl-1","model":"m","choices":[{"text":""}],"x":1}"#;
         assert!(skim(first, &mut prefix).expect("first").has_text);
-        assert_eq!(prefix.bytes, br#"{"id":"cmpl-1","model":"m","choices":"#);
+        assert_eq!(prefix.head, br#"{"id":"cmpl-1","model":"m","choices":"#);
         // Read from the remembered head on: the same answer as a fresh read.
         assert_eq!(skim(second, &mut prefix), skim_fresh(second));
         let other = br#"{"id":"cmpl-2","choices":[{"text":"b"}]}"#;
         assert!(skim(other, &mut prefix).expect("other head").has_text);
-        assert_eq!(prefix.bytes, br#"{"id":"cmpl-2","choices":"#);
+        assert_eq!(prefix.head, br#"{"id":"cmpl-2","choices":"#);
         // A head with usage before `choices` is not remembered (its state is not empty).
-        let mut prefix = Prefix::default();
+        let mut prefix = Remembered::default();
         let usage_first = br#"{"usage":null,"choices":[]}"#;
         assert!(skim(usage_first, &mut prefix).is_some());
-        assert!(prefix.bytes.is_empty());
+        assert!(prefix.head.is_empty());
         // A remembered head does not hide a duplicate `choices` later on.
-        let mut prefix = Prefix::default();
+        let mut prefix = Remembered::default();
         skim(first, &mut prefix);
         let duplicate = br#"{"id":"cmpl-1","model":"m","choices":[],"choices":[]}"#;
         assert_eq!(skim(duplicate, &mut prefix), None);
+    }
+
+    #[test]
+    fn a_repeated_event_shape_is_read_through_its_template() {
+        let mut memory = Remembered::default();
+        let first =
+            br#"{"id":"c","choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}"#;
+        assert!(skim(first, &mut memory).expect("first").has_text);
+        assert_eq!(
+            memory.template.before,
+            br#"{"id":"c","choices":[{"index":0,"delta":{"content":""#
+        );
+        assert_eq!(memory.template.after, br#"},"finish_reason":null}]}"#);
+        let next =
+            r#"{"id":"c","choices":[{"index":0,"delta":{"content":" bé"},"finish_reason":null}]}"#;
+        let read = memory
+            .template
+            .read(next.as_bytes())
+            .expect("the same shape");
+        assert_eq!(Some(read), skim_fresh(next.as_bytes()));
+        let empty =
+            br#"{"id":"c","choices":[{"index":0,"delta":{"content":""},"finish_reason":null}]}"#;
+        assert!(!memory.template.read(empty).expect("an empty text").has_text);
+        // A string the plain scan cannot read, and other bytes after it: not through the
+        // template (serde's job, and a full read).
+        let escaped = br#"{"id":"c","choices":[{"index":0,"delta":{"content":"
+"},"finish_reason":null}]}"#;
+        assert_eq!(memory.template.read(escaped), None);
+        assert_eq!(skim(escaped, &mut memory), None);
+        let finish =
+            br#"{"id":"c","choices":[{"index":0,"delta":{"content":"z"},"finish_reason":"stop"}]}"#;
+        assert_eq!(memory.template.read(finish), None);
+        let s = skim(finish, &mut memory).expect("finish");
+        assert_eq!(s.finish_reason, Some(&b"stop"[..]));
+        // A finish reason is more than one text: the template stays as it was.
+        assert_eq!(memory.template.after, br#"},"finish_reason":null}]}"#);
+        // Two texts are not one: nothing learnt.
+        let mut memory = Remembered::default();
+        let two = br#"{"choices":[{"delta":{"reasoning":"r","content":"c"}}]}"#;
+        assert!(skim(two, &mut memory).is_some());
+        assert!(memory.template.before.is_empty());
     }
 
     #[test]
