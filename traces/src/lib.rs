@@ -15,6 +15,7 @@ pub mod observe;
 pub mod prefix;
 pub mod read;
 pub mod rows;
+pub mod scan;
 pub mod schema;
 pub mod sse;
 pub mod tokenizer;

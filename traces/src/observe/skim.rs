@@ -27,11 +27,7 @@ pub(super) struct Skimmed<'a> {
     pub(super) usage: Option<[Option<u32>; 2]>,
 }
 
-/// Deepest nesting skipped; deeper input goes to serde (whose own limit is 128).
-const MAX_DEPTH: u32 = 64;
-/// Longest number skipped (digits and signs); longer ones go to serde, whose range checks
-/// decide.
-const MAX_NUMBER_BYTES: usize = 18;
+use crate::scan::Scanner as Parser;
 
 /// Longest event head remembered by [`Remembered`].
 const MAX_PREFIX_BYTES: usize = 512;
@@ -183,189 +179,8 @@ fn parse<'a>(data: &'a [u8], head: &mut Vec<u8>) -> Option<Skimmed<'a>> {
     (p.i == p.s.len()).then_some(out)
 }
 
-/// Classes of bytes inside a string: one table lookup a byte.
-const PLAIN: u8 = 0;
-const NON_ASCII: u8 = 1;
-const STOP: u8 = 2;
-static STRING_BYTE: [u8; 256] = {
-    let mut table = [PLAIN; 256];
-    let mut b = 0;
-    while b < 256 {
-        table[b] = if b < 0x20 || b == b'"' as usize || b == b'\\' as usize {
-            STOP
-        } else if b >= 0x80 {
-            NON_ASCII
-        } else {
-            PLAIN
-        };
-        b += 1;
-    }
-    table
-};
-
-/// The bytes of `word` that are not [`PLAIN`] (a quote, a backslash, a control character
-/// or a non-ASCII byte), as the high bit of each (SWAR: a byte-wise "is zero" / "is less
-/// than" without branches). Whether any is set is exact, and so is the lowest set one: a
-/// false flag can only follow a true one, from the borrow.
-fn needy_bytes(word: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGHS;
-    let quote = word ^ (ONES * u64::from(b'"'));
-    let backslash = word ^ (ONES * u64::from(b'\\'));
-    below(quote, 1) | below(backslash, 1) | below(word, 0x20) | (word & HIGHS)
-}
-
-struct Parser<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
+/// The readers of a chunk's members.
 impl<'a> Parser<'a> {
-    #[inline(always)]
-    fn peek(&self) -> Option<u8> {
-        self.s.get(self.i).copied()
-    }
-
-    #[inline(always)]
-    fn ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
-            self.i += 1;
-        }
-    }
-
-    #[inline(always)]
-    fn expect(&mut self, byte: u8) -> Option<()> {
-        (self.peek()? == byte).then(|| self.i += 1)
-    }
-
-    fn literal(&mut self, word: &[u8]) -> Option<()> {
-        let end = self.i.checked_add(word.len())?;
-        (self.s.get(self.i..end)? == word).then(|| self.i = end)
-    }
-
-    /// The members of an object whose `{` was consumed, through `f(parser, key)`, which
-    /// reads the value (parser at the value, whitespace skipped) or abstains.
-    fn members(&mut self, mut f: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
-        self.ws();
-        if self.peek()? == b'}' {
-            self.i += 1;
-            return Some(());
-        }
-        loop {
-            self.ws();
-            let key = self.string()?;
-            self.ws();
-            self.expect(b':')?;
-            self.ws();
-            f(self, key)?;
-            if self.end_of(b'}')? {
-                return Some(());
-            }
-        }
-    }
-
-    /// [`Parser::members`] resumed at the value of `key` (the parser there).
-    fn members_from(
-        &mut self,
-        key: &'a [u8],
-        mut f: impl FnMut(&mut Self, &'a [u8]) -> Option<()>,
-    ) -> Option<()> {
-        f(self, key)?;
-        loop {
-            if self.end_of(b'}')? {
-                return Some(());
-            }
-            self.ws();
-            let key = self.string()?;
-            self.ws();
-            self.expect(b':')?;
-            self.ws();
-            f(self, key)?;
-        }
-    }
-
-    /// The elements of an array whose `[` was consumed, through `f(parser)` (at the
-    /// element, whitespace skipped), which reads it or abstains.
-    fn elements(&mut self, mut f: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
-        self.ws();
-        if self.peek()? == b']' {
-            self.i += 1;
-            return Some(());
-        }
-        loop {
-            self.ws();
-            f(self)?;
-            if self.end_of(b']')? {
-                return Some(());
-            }
-        }
-    }
-
-    /// After a member or element: `,` (more follow: false) or `close` (the end: true).
-    #[inline(always)]
-    fn end_of(&mut self, close: u8) -> Option<bool> {
-        self.ws();
-        let b = self.peek()?;
-        self.i += 1;
-        match b {
-            b',' => Some(false),
-            _ if b == close => Some(true),
-            _ => None,
-        }
-    }
-
-    /// A string without escapes or control characters (its raw bytes, valid UTF-8). The
-    /// opening quote is at the parser.
-    #[inline(always)]
-    fn string(&mut self) -> Option<&'a [u8]> {
-        self.expect(b'"')?;
-        let start = self.i;
-        // Eight plain bytes at a time (ids and texts are mostly long plain runs); the byte
-        // loop below decides every word that holds anything else.
-        while let Some(word) = self.s.get(self.i..self.i + 8) {
-            let Ok(word) = <[u8; 8]>::try_from(word) else {
-                break;
-            };
-            let needy = needy_bytes(u64::from_le_bytes(word));
-            if needy != 0 {
-                // The lowest flag is exact: straight to the first byte that needs a look.
-                self.i += (needy.trailing_zeros() / 8) as usize;
-                break;
-            }
-            self.i += 8;
-        }
-        let mut ascii = true;
-        loop {
-            let b = *self.s.get(self.i)?;
-            match STRING_BYTE[usize::from(b)] {
-                PLAIN => self.i += 1,
-                NON_ASCII => {
-                    ascii = false;
-                    self.i += 1;
-                }
-                _ if b == b'"' => break,
-                _ => return None, // an escape or a control character
-            }
-        }
-        let bytes = &self.s[start..self.i];
-        self.i += 1;
-        // ASCII is valid UTF-8; only other bytes need the check (serde rejects bad ones).
-        if !ascii && std::str::from_utf8(bytes).is_err() {
-            return None;
-        }
-        Some(bytes)
-    }
-
-    /// `null` (then `None`) or a string; anything else abstains.
-    fn text_or_null(&mut self) -> Option<Option<&'a [u8]>> {
-        match self.peek()? {
-            b'n' => self.literal(b"null").map(|()| None),
-            b'"' => self.string().map(Some),
-            _ => None,
-        }
-    }
-
     fn choices(&mut self, out: &mut Skimmed<'a>) -> Option<()> {
         match self.peek()? {
             b'n' => return self.literal(b"null"), // no choices
@@ -466,78 +281,6 @@ impl<'a> Parser<'a> {
             Some(())
         })?;
         Some(counts)
-    }
-
-    /// A count of at most nine digits (`0|[1-9][0-9]*`, so it fits a u32); signs,
-    /// fractions, exponents and longer numbers abstain (serde's lenient reading decides).
-    fn count(&mut self) -> Option<u32> {
-        let start = self.i;
-        let mut n: u32 = 0;
-        while let Some(digit @ b'0'..=b'9') = self.peek() {
-            if self.i - start == 9 || (self.i > start && n == 0) {
-                return None; // a tenth digit, or a leading zero
-            }
-            n = n * 10 + u32::from(digit - b'0');
-            self.i += 1;
-        }
-        if self.i == start || matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
-            return None;
-        }
-        Some(n)
-    }
-
-    /// Skips one JSON value, checking its syntax.
-    fn skip_value(&mut self, depth: u32) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        match self.peek()? {
-            b'"' => self.string().map(drop),
-            b'{' => {
-                self.i += 1;
-                self.members(|p, _| p.skip_value(depth + 1))
-            }
-            b'[' => {
-                self.i += 1;
-                self.elements(|p| p.skip_value(depth + 1))
-            }
-            b't' => self.literal(b"true"),
-            b'f' => self.literal(b"false"),
-            b'n' => self.literal(b"null"),
-            b'-' | b'0'..=b'9' => self.number(),
-            _ => None,
-        }
-    }
-
-    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?`; exponents and long numbers abstain.
-    fn number(&mut self) -> Option<()> {
-        let start = self.i;
-        if self.peek() == Some(b'-') {
-            self.i += 1;
-        }
-        match self.peek()? {
-            b'0' => self.i += 1,
-            b'1'..=b'9' => {
-                while let Some(b'0'..=b'9') = self.peek() {
-                    self.i += 1;
-                }
-            }
-            _ => return None,
-        }
-        if self.peek() == Some(b'.') {
-            self.i += 1;
-            let digits = self.i;
-            while let Some(b'0'..=b'9') = self.peek() {
-                self.i += 1;
-            }
-            if self.i == digits {
-                return None;
-            }
-        }
-        if matches!(self.peek(), Some(b'e' | b'E')) || self.i - start > MAX_NUMBER_BYTES {
-            return None;
-        }
-        Some(())
     }
 }
 
@@ -867,25 +610,6 @@ mod tests {
         #[test]
         fn the_fast_path_agrees_with_serde_on_shaped_streams(events in shaped_stream()) {
             prop_assert_eq!(observe(&events, true), observe(&events, false));
-        }
-    }
-
-    #[test]
-    fn the_word_test_agrees_with_the_byte_table() {
-        // Every byte value at every position, among plain bytes and after a needy one.
-        for fill in [b'a', b' ', b'~', 0x80] {
-            for at in 0..8 {
-                for b in 0..=255u8 {
-                    let mut word = [fill; 8];
-                    word[at] = b;
-                    let first = word
-                        .iter()
-                        .position(|&x| STRING_BYTE[usize::from(x)] != PLAIN);
-                    let needy = needy_bytes(u64::from_le_bytes(word));
-                    let found = (needy != 0).then(|| (needy.trailing_zeros() / 8) as usize);
-                    assert_eq!(found, first, "{word:?}");
-                }
-            }
         }
     }
 
