@@ -313,7 +313,13 @@ impl StreamObserver {
             self.obs.chunk_count = self.obs.chunk_count.saturating_add(1);
             match self.obs.last_token_us {
                 None => self.obs.first_token_us = Some(at_us),
-                Some(last) => self.gaps_us.push(at_us.saturating_sub(last)),
+                Some(last) => {
+                    if self.gaps_us.capacity() == 0 {
+                        // Room for a typical stream at once, not regrown at 4, 8, 16, 32.
+                        self.gaps_us.reserve(64);
+                    }
+                    self.gaps_us.push(at_us.saturating_sub(last));
+                }
             }
             self.obs.last_token_us = Some(at_us);
         }
