@@ -495,7 +495,8 @@ const X_SESSION_ID: HeaderName = HeaderName::from_static("x-session-id");
 /// The hop-by-hop headers of RFC 9110 §7.6.1, and two that clients still send. `Trailer`
 /// (RFC 2616's list had it) is end to end: it announces the trailer fields, which are
 /// forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP_COUNT: usize = 8;
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -526,45 +527,53 @@ pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): the fixed list and every header the
 /// Connection header names.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most heads carry none (or only Transfer-Encoding): one pass over the names decides,
-    // instead of a hashed lookup per listed name.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
-        return;
+    // One pass over the names finds which listed ones are there (most heads carry none,
+    // or only Transfer-Encoding), instead of a hashed removal per listed name.
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
     }
-    let named: Vec<HeaderName> = list_tokens(headers, &header::CONNECTION)
-        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    // HOP_BY_HOP[0] is Connection: the names it lists go too.
+    if present[0] {
+        let named: Vec<HeaderName> = list_tokens(headers, &header::CONNECTION)
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
     }
 }
 
 /// Appends `value` to a comma-separated list header (every line of it, joined into one),
 /// or sets it when absent.
 fn append_list(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
+    // One lookup: most requests do not carry the header yet.
+    let mut entry = match headers.entry(name) {
+        header::Entry::Vacant(entry) => {
+            entry.insert(value);
+            return;
+        }
+        header::Entry::Occupied(entry) => entry,
+    };
     let mut joined: Vec<u8> = Vec::new();
-    for existing in headers.get_all(&name) {
+    for existing in entry.iter() {
         if !existing.is_empty() {
-            if !joined.is_empty() {
-                joined.extend_from_slice(b", ");
-            }
             joined.extend_from_slice(existing.as_bytes());
+            joined.extend_from_slice(b", ");
         }
     }
-    let combined = if joined.is_empty() {
-        value
-    } else {
-        joined.extend_from_slice(b", ");
-        joined.extend_from_slice(value.as_bytes());
-        match HeaderValue::from_bytes(&joined) {
-            Ok(v) => v,
-            Err(_) => return,
-        }
-    };
-    headers.insert(name, combined);
+    joined.extend_from_slice(value.as_bytes());
+    if let Ok(combined) = HeaderValue::from_bytes(&joined) {
+        // Replaces every line with the joined one.
+        entry.insert(combined);
+    }
 }
 
 /// The `Via` element for the client's protocol version (RFC 9110 §7.6.3).
@@ -647,15 +656,15 @@ fn prepare_upstream_head(
         header::VIA,
         HeaderValue::from_static(via_token(incoming_version)),
     );
-    if !parts.headers.contains_key(X_FORWARDED_PROTO) {
+    parts
+        .headers
+        .entry(X_FORWARDED_PROTO)
+        .or_insert_with(|| HeaderValue::from_static(peer.proto));
+    if let Some(host) = &original_host {
         parts
             .headers
-            .insert(X_FORWARDED_PROTO, HeaderValue::from_static(peer.proto));
-    }
-    if let Some(host) = &original_host {
-        if !parts.headers.contains_key(X_FORWARDED_HOST) {
-            parts.headers.insert(X_FORWARDED_HOST, host.clone());
-        }
+            .entry(X_FORWARDED_HOST)
+            .or_insert_with(|| host.clone());
     }
     let host = if config.preserve_host {
         original_host
