@@ -432,7 +432,10 @@ async fn replay_a_real_trace_slice_against_llama_then_analyze_it() {
         );
         assert_eq!(r.output_tokens, Some(output), "{}", r.request_id);
         let (ttft, e2e) = (r.ttft_us.unwrap(), r.e2e_us.unwrap());
-        assert!(ttft > 0 && ttft < e2e, "{}: {ttft} {e2e}", r.request_id);
+        // Equal when the whole stream came in one read: a tiny model streams a short
+        // answer in a few ms, and a loaded CI machine can leave the client unscheduled
+        // that long (seen once: 20,724 µs both).
+        assert!(ttft > 0 && ttft <= e2e, "{}: {ttft} {e2e}", r.request_id);
     }
 
     let samples = retrace_traces::read::read_all::<SampleRow>(std::slice::from_ref(&run)).unwrap();
