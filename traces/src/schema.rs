@@ -529,8 +529,13 @@ impl StrBuf {
     }
 
     fn finish(self) -> Result<ArrayRef, TracesError> {
+        let len = self.offsets.len() - 1;
+        if self.nulls.len() == len {
+            // Nothing to validate (columns a recording never sets: content, sessions).
+            return Ok(Arc::new(StringArray::new_null(len)));
+        }
         check_offset(self.bytes.len())?;
-        let nulls = validity(self.offsets.len() - 1, &self.nulls);
+        let nulls = validity(len, &self.nulls);
         let offsets = OffsetBuffer::new(self.offsets.into());
         Ok(Arc::new(StringArray::try_new(
             offsets,
