@@ -179,6 +179,12 @@ fn to_batch_ordered_equals_to_batch_of_the_reordered_rows() {
     assert_eq!(batch.column_by_name("ttft_us").unwrap().null_count(), 4);
     assert_eq!(batch.column_by_name("model").unwrap().null_count(), 4);
     assert_eq!(RequestRow::from_batch(&batch).unwrap(), sparse);
+    // And none where every row has it.
+    let full: Vec<RequestRow> = (0..4).map(full_request).collect();
+    let batch = RequestRow::to_batch(&full).unwrap();
+    assert_eq!(batch.column_by_name("prompt_text").unwrap().null_count(), 0);
+    assert!(batch.column_by_name("ttft_us").unwrap().nulls().is_none());
+    assert_eq!(RequestRow::from_batch(&batch).unwrap(), full);
     let results: Vec<ResultRow> = (0..20).map(full_result).collect();
     let order: Vec<usize> = (0..20).rev().collect();
     let back = ResultRow::from_batch(&ResultRow::to_batch_ordered(&results, Some(&order)).unwrap())

@@ -9,6 +9,7 @@ use std::process::Command;
 use io_common::*;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
+use parquet::schema::types::ColumnPath;
 use retrace_traces::rows::RequestRow;
 use retrace_traces::schema::Row;
 use retrace_traces::write::{write_file, writer_properties_for};
@@ -45,6 +46,8 @@ fn reads_a_snappy_file_written_by_the_parquet_crate() {
     let props = writer_properties_for::<RequestRow>(&meta())
         .into_builder()
         .set_compression(Compression::SNAPPY)
+        // retrace leaves its delta-encoded time column uncompressed: snappy there too.
+        .set_column_compression(ColumnPath::from("arrival_us"), Compression::SNAPPY)
         .set_max_row_group_size(128)
         .build();
     let mut w = ArrowWriter::try_new(
