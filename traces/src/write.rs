@@ -583,8 +583,7 @@ impl<R: Row> RowWriter<R> {
             let room = max_rows - file.rows_in_progress.min(max_rows);
             let take = room
                 .min(batch.num_rows() - offset)
-                .min(ENCODE_SLICE_ROWS)
-                .max(1);
+                .clamp(1, ENCODE_SLICE_ROWS);
             let slice = batch.slice(offset, take);
             file.writer.write(&slice).map_err(pq_err(&file.tmp))?;
             file.rows_in_progress += take;
