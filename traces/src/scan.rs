@@ -105,11 +105,7 @@ impl<'a> Scanner<'a> {
             return Some(());
         }
         loop {
-            self.ws();
-            let key = self.string()?;
-            self.ws();
-            self.expect(b':')?;
-            self.ws();
+            let key = self.key()?;
             f(self, key)?;
             if self.end_of(b'}')? {
                 return Some(());
@@ -117,7 +113,7 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// [`Parser::members`] resumed at the value of `key` (the parser there).
+    /// [`Scanner::members`] resumed at the value of `key` (the parser there).
     pub fn members_from(
         &mut self,
         key: &'a [u8],
@@ -128,13 +124,20 @@ impl<'a> Scanner<'a> {
             if self.end_of(b'}')? {
                 return Some(());
             }
-            self.ws();
-            let key = self.string()?;
-            self.ws();
-            self.expect(b':')?;
-            self.ws();
+            let key = self.key()?;
             f(self, key)?;
         }
+    }
+
+    /// A member's key and its `:`, leaving the parser at the value.
+    #[inline(always)]
+    fn key(&mut self) -> Option<&'a [u8]> {
+        self.ws();
+        let key = self.string()?;
+        self.ws();
+        self.expect(b':')?;
+        self.ws();
+        Some(key)
     }
 
     /// The elements of an array whose `[` was consumed, through `f(parser)` (at the
