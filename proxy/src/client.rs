@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::connector::{UpstreamConnector, UpstreamStream};
 use crate::forward::{has_token, BoxError, ForwardBody};
+use crate::head::RequestHead;
 
 /// Longest response head accepted (status line and headers).
 const MAX_HEAD_BYTES: usize = 64 << 10;
@@ -120,13 +121,6 @@ pub(crate) struct UpstreamClient {
     max_idle: usize,
 }
 
-/// A request head to send (the URI's path and query go on the request line).
-pub(crate) struct RequestHead<'a> {
-    pub(crate) method: &'a Method,
-    pub(crate) uri: &'a Uri,
-    pub(crate) headers: &'a HeaderMap,
-}
-
 impl UpstreamClient {
     pub(crate) fn new(
         connector: UpstreamConnector,
@@ -205,7 +199,7 @@ impl UpstreamClient {
     /// connection. The body is streamed (frames already there go out together).
     pub(crate) async fn send(
         &self,
-        head: RequestHead<'_>,
+        head: &RequestHead<'_>,
         body: &mut ForwardBody,
         fresh: bool,
     ) -> Result<(http::response::Parts, UpstreamBody), UpstreamError> {
@@ -213,7 +207,7 @@ impl UpstreamClient {
             Some(conn) => conn,
             None => self.connect().await?,
         };
-        let sent = write_request(&mut conn, &head, body).await;
+        let sent = write_request(&mut conn, head, body).await;
         // A write may fail because the upstream already answered and closed (an early
         // error response): what it sent is still read.
         let response = read_head(&mut conn, head.method == Method::HEAD).await;
@@ -234,17 +228,7 @@ enum Framing {
 }
 
 fn encode_head(out: &mut BytesMut, head: &RequestHead<'_>, framing: Framing, length: Option<u64>) {
-    let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    out.extend_from_slice(head.method.as_str().as_bytes());
-    out.extend_from_slice(b" ");
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in head.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    head.encode(out);
     match (framing, length) {
         (Framing::Identity, Some(n)) => {
             out.extend_from_slice(b"content-length: ");
@@ -267,7 +251,7 @@ async fn write_request(
     head: &RequestHead<'_>,
     body: &mut ForwardBody,
 ) -> Result<(), UpstreamError> {
-    let has_length = head.headers.contains_key(header::CONTENT_LENGTH);
+    let has_length = head.has_content_length();
     let (framing, length) = if body.is_end_stream() {
         (Framing::None, None)
     } else if has_length {

@@ -3,7 +3,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -20,8 +19,9 @@ use retrace_traces::sse::{is_usage_only, EventSplitter};
 use retrace_traces::{Endpoint, Outcome, StreamObserver};
 use tokio::time::Sleep;
 
-use crate::client::{RequestHead, UpstreamBody, UpstreamClient};
+use crate::client::{UpstreamBody, UpstreamClient};
 use crate::config::ProxyConfig;
+use crate::head::{based_target, Peer, RequestHead};
 use crate::record::Recorder;
 use crate::request_info::{self, RequestInfo};
 use crate::row::PendingRow;
@@ -60,35 +60,6 @@ impl Shared {
         }
         id.push_str(&digits);
         id
-    }
-}
-
-/// What the upstream request says about the client's connection, made once a connection
-/// (a request's forwarding headers were a tenth of the proxy's instructions when each was
-/// formatted again).
-pub(crate) struct Peer {
-    /// `http` or `https`: the protocol the client spoke to the proxy.
-    proto: &'static str,
-    /// The client's address as an `X-Forwarded-For` element.
-    forwarded_for: HeaderValue,
-    /// The `for=` parameter of a `Forwarded` element (RFC 7239: IPv6 quoted, bracketed).
-    forwarded_param: String,
-}
-
-impl Peer {
-    pub(crate) fn new(addr: SocketAddr, tls: bool) -> Peer {
-        let ip = addr.ip().to_canonical();
-        let text = ip.to_string();
-        Peer {
-            proto: if tls { "https" } else { "http" },
-            forwarded_param: if ip.is_ipv6() {
-                format!("for=\"[{text}]\"")
-            } else {
-                format!("for={text}")
-            },
-            forwarded_for: HeaderValue::from_str(&text)
-                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-        }
     }
 }
 
@@ -487,9 +458,6 @@ pub(crate) fn now_us() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_SESSION_ID: HeaderName = HeaderName::from_static("x-session-id");
 
 /// The hop-by-hop headers of RFC 9110 §7.6.1, and two that clients still send. `Trailer`
@@ -509,7 +477,10 @@ const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
 
 /// The elements of a comma-separated list header (RFC 9110 §5.6.1), every line of it,
 /// trimmed.
-fn list_tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
+pub(crate) fn list_tokens<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> impl Iterator<Item = &'a str> {
     headers
         .get_all(name)
         .iter()
@@ -549,132 +520,6 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-}
-
-/// Appends `value` to a comma-separated list header (every line of it, joined into one),
-/// or sets it when absent.
-fn append_list(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
-    // One lookup: most requests do not carry the header yet.
-    let mut entry = match headers.entry(name) {
-        header::Entry::Vacant(entry) => {
-            entry.insert(value);
-            return;
-        }
-        header::Entry::Occupied(entry) => entry,
-    };
-    let mut joined: Vec<u8> = Vec::new();
-    for existing in entry.iter() {
-        if !existing.is_empty() {
-            joined.extend_from_slice(existing.as_bytes());
-            joined.extend_from_slice(b", ");
-        }
-    }
-    joined.extend_from_slice(value.as_bytes());
-    if let Ok(combined) = HeaderValue::from_bytes(&joined) {
-        // Replaces every line with the joined one.
-        entry.insert(combined);
-    }
-}
-
-/// The `Via` element for the client's protocol version (RFC 9110 §7.6.3).
-fn via_token(version: Version) -> &'static str {
-    match version {
-        Version::HTTP_09 => "0.9 retrace",
-        Version::HTTP_10 => "1.0 retrace",
-        Version::HTTP_2 => "2 retrace",
-        Version::HTTP_3 => "3 retrace",
-        _ => "1.1 retrace",
-    }
-}
-
-/// Builds the upstream request's URI and headers in place.
-fn prepare_upstream_head(
-    shared: &Shared,
-    parts: &mut http::request::Parts,
-    peer: &Peer,
-) -> Result<(), http::Error> {
-    let config = &shared.config;
-    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    let incoming_version = parts.version;
-    // A client that takes trailers (`TE: trailers`, which every HTTP/2 gRPC client sends)
-    // gets the upstream's: the proxy forwards them, so it asks for them on its own hop.
-    let takes_trailers = has_token(&parts.headers, &header::TE, "trailers");
-    strip_hop_by_hop(&mut parts.headers);
-    // The upstream client sends no request trailers: it must not be told to expect any.
-    parts.headers.remove(header::TRAILER);
-    if takes_trailers {
-        parts
-            .headers
-            .insert(header::TE, HeaderValue::from_static("trailers"));
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("te"));
-    }
-
-    let upstream = &config.upstream;
-    let path_and_query = match parts.uri.path_and_query() {
-        Some(pq) if upstream.base_path.is_empty() => pq.clone(),
-        pq => {
-            let pq = pq.map_or("/", |pq| pq.as_str());
-            http::uri::PathAndQuery::try_from(format!("{}{pq}", upstream.base_path))?
-        }
-    };
-    parts.uri = Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
-        .path_and_query(path_and_query)
-        .build()?;
-    parts.version = Version::HTTP_11;
-
-    append_list(
-        &mut parts.headers,
-        X_FORWARDED_FOR,
-        peer.forwarded_for.clone(),
-    );
-    let host_text = original_host.as_ref().and_then(|h| h.to_str().ok());
-    let mut forwarded = String::with_capacity(
-        peer.forwarded_param.len() + 16 + host_text.map_or(0, |h| h.len() + 8),
-    );
-    forwarded.push_str(&peer.forwarded_param);
-    forwarded.push_str(";proto=");
-    forwarded.push_str(peer.proto);
-    if let Some(host) = host_text {
-        forwarded.push_str(";host=\"");
-        forwarded.push_str(host);
-        forwarded.push('"');
-    }
-    if let Ok(forwarded) = HeaderValue::from_str(&forwarded) {
-        append_list(&mut parts.headers, header::FORWARDED, forwarded);
-    }
-    append_list(
-        &mut parts.headers,
-        header::VIA,
-        HeaderValue::from_static(via_token(incoming_version)),
-    );
-    parts
-        .headers
-        .entry(X_FORWARDED_PROTO)
-        .or_insert_with(|| HeaderValue::from_static(peer.proto));
-    if let Some(host) = &original_host {
-        parts
-            .headers
-            .entry(X_FORWARDED_HOST)
-            .or_insert_with(|| host.clone());
-    }
-    let host = if config.preserve_host {
-        original_host
-    } else {
-        shared.upstream_host.clone()
-    };
-    if let Some(host) = host {
-        parts.headers.insert(header::HOST, host);
-    }
-    Ok(())
 }
 
 fn error_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
@@ -745,15 +590,15 @@ pub(crate) async fn handle(
     };
 
     let (mut parts, body) = request.into_parts();
-    if let Err(err) = prepare_upstream_head(&shared, &mut parts, &peer) {
-        tracing::debug!(error = %err, "cannot build the upstream request");
+    let Ok(based_target) = based_target(&parts, &config.upstream.base_path) else {
+        tracing::debug!("cannot build the upstream request target");
         recording.status = Some(400);
         recording.finish(Outcome::HttpError);
         return Ok(error_response(
             StatusCode::BAD_REQUEST,
             "retrace proxy: bad request target\n",
         ));
-    }
+    };
 
     let recognized = !matches!(endpoint, Endpoint::Other(_));
     let is_head = parts.method == http::Method::HEAD;
@@ -832,17 +677,19 @@ pub(crate) async fn handle(
         }
     };
 
-    let head = RequestHead {
-        method: &parts.method,
-        uri: &parts.uri,
-        headers: &parts.headers,
-    };
+    let head = RequestHead::new(
+        &parts,
+        based_target.as_deref(),
+        &peer,
+        shared.upstream_host.as_ref(),
+        config.preserve_host,
+    );
     let mut forward_body = forward_body;
     let sent = Instant::now();
     let deadline = tokio::time::Instant::now() + config.first_byte_timeout;
     let mut result = tokio::time::timeout_at(
         deadline,
-        shared.upstream.send(head, &mut forward_body, false),
+        shared.upstream.send(&head, &mut forward_body, false),
     )
     .await;
     if let Ok(Err(err)) = &result {
@@ -860,14 +707,9 @@ pub(crate) async fn handle(
                 copy: false,
                 cap: config.max_parse_bytes,
             };
-            let head = RequestHead {
-                method: &parts.method,
-                uri: &parts.uri,
-                headers: &parts.headers,
-            };
             result = tokio::time::timeout_at(
                 deadline,
-                shared.upstream.send(head, &mut retry_body, true),
+                shared.upstream.send(&head, &mut retry_body, true),
             )
             .await;
         }

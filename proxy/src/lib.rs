@@ -9,6 +9,7 @@ mod client;
 pub mod config;
 mod connector;
 mod forward;
+mod head;
 pub mod record;
 mod request_info;
 mod row;

@@ -271,7 +271,7 @@ where
     // Set once a first request head has arrived on this connection.
     let head_seen = Arc::new(AtomicBool::new(false));
     let head_seen_service = head_seen.clone();
-    let peer_info = Arc::new(forward::Peer::new(peer, tls));
+    let peer_info = Arc::new(crate::head::Peer::new(peer, tls));
     let service = service_fn(move |request: Request<Incoming>| {
         head_seen_service.store(true, Ordering::Relaxed);
         forward::handle(shared.clone(), request, peer_info.clone())
