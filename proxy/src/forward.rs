@@ -26,6 +26,7 @@ use crate::record::Recorder;
 use crate::request_info::{self, RequestInfo};
 use crate::row::PendingRow;
 use crate::stats::Stats;
+use crate::watch::Busy;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -178,12 +179,20 @@ pub(crate) struct Recording {
     status: Option<u16>,
     observer: Option<StreamObserver>,
     done: bool,
+    /// Keeps the client connection busy (not waiting for a head) until the response is
+    /// sent or abandoned.
+    _busy: Busy,
 }
 
 impl Recording {
     /// Time since arrival, in the upstream's clock (`clock_speedup`).
     fn offset_us(&self) -> u64 {
-        let real_us = self.arrival.elapsed().as_micros() as f64;
+        self.offset_us_at(Instant::now())
+    }
+
+    /// [`Recording::offset_us`] at `now`.
+    fn offset_us_at(&self, now: Instant) -> u64 {
+        let real_us = now.saturating_duration_since(self.arrival).as_micros() as f64;
         (real_us * self.shared.config.clock_speedup) as u64
     }
 
@@ -280,8 +289,12 @@ impl Body for ProxyBody {
 pub(crate) struct ResponseBody {
     inner: UpstreamBody,
     recording: Recording,
+    /// The request's one timer (first the first-byte timeout): fires at the latest an idle
+    /// timeout after the last frame. It is not moved at every frame; when it fires early,
+    /// it is set again from `last_frame`.
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
+    last_frame: tokio::time::Instant,
     /// Set when the proxy injected `include_usage`: drops the usage-only event.
     strip: Option<EventSplitter>,
     /// The upstream's trailers, held back one poll while the splitter's tail goes first.
@@ -344,8 +357,8 @@ impl Body for ResponseBody {
         loop {
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    let deadline = tokio::time::Instant::now() + this.idle_timeout;
-                    this.idle.as_mut().reset(deadline);
+                    let now = tokio::time::Instant::now();
+                    this.last_frame = now;
                     // With a Content-Length, hyper stops polling once every byte is sent:
                     // the end is recorded with the last frame, not on a later poll.
                     let ended = this.inner.is_end_stream();
@@ -371,7 +384,7 @@ impl Body for ResponseBody {
                             None => continue,
                         }
                     };
-                    let at_us = this.recording.offset_us();
+                    let at_us = this.recording.offset_us_at(now.into_std());
                     if let Some(observer) = this.recording.observer.as_mut() {
                         observer.feed(data, at_us);
                     }
@@ -410,10 +423,15 @@ impl Body for ResponseBody {
                     return Poll::Ready(tail.map(|t| Ok(Frame::data(t))));
                 }
                 Poll::Pending => {
-                    if this.idle.as_mut().poll(cx).is_ready() {
-                        this.finished = true;
-                        this.recording.finish(Outcome::Timeout);
-                        return Poll::Ready(Some(Err(Box::new(IdleTimeout))));
+                    while this.idle.as_mut().poll(cx).is_ready() {
+                        let deadline = this.last_frame + this.idle_timeout;
+                        if deadline <= tokio::time::Instant::now() {
+                            this.finished = true;
+                            this.recording.finish(Outcome::Timeout);
+                            return Poll::Ready(Some(Err(Box::new(IdleTimeout))));
+                        }
+                        // A frame came since it was set: wait out the rest.
+                        this.idle.as_mut().reset(deadline);
                     }
                     return Poll::Pending;
                 }
@@ -555,11 +573,30 @@ fn replayable_body(tee: &Mutex<Tee>) -> Option<Bytes> {
         .then(|| Bytes::copy_from_slice(&tee.buf))
 }
 
+/// The timer fired before `future` was ready.
+struct Elapsed;
+
+/// `future`'s output, or [`Elapsed`] once `timer` fires first.
+async fn within<T>(
+    mut timer: Pin<&mut Sleep>,
+    future: impl Future<Output = T>,
+) -> Result<T, Elapsed> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        timer.as_mut().poll(cx).map(|()| Err(Elapsed))
+    })
+    .await
+}
+
 /// Handles one client request. Never fails: upstream trouble becomes a 502/504.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     request: Request<Incoming>,
     peer: Arc<Peer>,
+    busy: Busy,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let arrival = Instant::now();
     // Arrival in the upstream's clock: the proxy's start plus scaled elapsed time.
@@ -587,6 +624,7 @@ pub(crate) async fn handle(
         status: None,
         observer: None,
         done: false,
+        _busy: busy,
     };
 
     let (mut parts, body) = request.into_parts();
@@ -686,9 +724,10 @@ pub(crate) async fn handle(
     );
     let mut forward_body = forward_body;
     let sent = Instant::now();
-    let deadline = tokio::time::Instant::now() + config.first_byte_timeout;
-    let mut result = tokio::time::timeout_at(
-        deadline,
+    // One timer for the request: the first-byte timeout, then the idle timeout.
+    let mut timer = Box::pin(tokio::time::sleep(config.first_byte_timeout));
+    let mut result = within(
+        timer.as_mut(),
         shared.upstream.send(&head, &mut forward_body, false),
     )
     .await;
@@ -707,8 +746,8 @@ pub(crate) async fn handle(
                 copy: false,
                 cap: config.max_parse_bytes,
             };
-            result = tokio::time::timeout_at(
-                deadline,
+            result = within(
+                timer.as_mut(),
                 shared.upstream.send(&head, &mut retry_body, true),
             )
             .await;
@@ -789,11 +828,14 @@ pub(crate) async fn handle(
         .stats
         .added_latency
         .observe(total_us.saturating_sub(upstream_us));
+    let last_frame = tokio::time::Instant::now();
+    timer.as_mut().reset(last_frame + config.idle_timeout);
     let body = ResponseBody {
         inner: body,
         recording,
-        idle: Box::pin(tokio::time::sleep(config.idle_timeout)),
+        idle: timer,
         idle_timeout: config.idle_timeout,
+        last_frame,
         strip: strip_usage.then(EventSplitter::new),
         held_trailers: None,
         finished: false,

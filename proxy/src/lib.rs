@@ -17,6 +17,7 @@ mod server;
 mod sink;
 mod stats;
 mod tls;
+mod watch;
 
 pub use cli::{run, ProxyArgs};
 pub use config::{AdminListen, ProxyConfig, SinkFactory, Upstream};

@@ -4,7 +4,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ use crate::record::{Recorder, WriterThread};
 use crate::row::RowContext;
 use crate::stats::{ProxyStats, Stats};
 use crate::tls::{self, ReloadingResolver};
+use crate::watch::{ConnWatch, Verdict};
 use crate::ProxyError;
 use retrace_traces::tokenizer::Tokenizer;
 
@@ -268,20 +269,17 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let header_read_timeout = shared.config.header_read_timeout;
-    // Set once a first request head has arrived on this connection.
-    let head_seen = Arc::new(AtomicBool::new(false));
-    let head_seen_service = head_seen.clone();
+    let watch = ConnWatch::new(tokio::time::Instant::now());
+    let watch_service = watch.clone();
     let peer_info = Arc::new(crate::head::Peer::new(peer, tls));
     let service = service_fn(move |request: Request<Incoming>| {
-        head_seen_service.store(true, Ordering::Relaxed);
-        forward::handle(shared.clone(), request, peer_info.clone())
+        let busy = watch_service.begin(request.version() == http::Version::HTTP_2);
+        forward::handle(shared.clone(), request, peer_info.clone(), busy)
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(header_read_timeout);
+    // The header read timeout is the watchdog's below (one timer a connection), not
+    // hyper's (one a request).
+    builder.http1().keep_alive(true).header_read_timeout(None);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -289,14 +287,11 @@ where
     let connection = builder
         .serve_connection(TokioIo::new(io), service)
         .into_owned();
-    // hyper's header read timeout starts only once HTTP/1.1 is recognised: a client that
-    // sends nothing, or part of the HTTP/2 preface, would hold its connection forever.
-    // Without a first request head in time, the connection is closed.
     let watched = watcher.watch(connection);
     let mut watched = std::pin::pin!(watched);
-    let first_head = tokio::time::sleep(header_read_timeout);
-    let mut first_head = std::pin::pin!(first_head);
-    let mut checked = false;
+    let watchdog = tokio::time::sleep(header_read_timeout);
+    let mut watchdog = std::pin::pin!(watchdog);
+    let mut watching = true;
     loop {
         tokio::select! {
             result = &mut watched => {
@@ -305,12 +300,15 @@ where
                 }
                 return;
             }
-            () = &mut first_head, if !checked => {
-                if !head_seen.load(Ordering::Relaxed) {
-                    tracing::debug!(%peer, "no request head within the header read timeout: closing");
-                    return;
+            () = &mut watchdog, if watching => {
+                match watch.verdict(tokio::time::Instant::now(), header_read_timeout) {
+                    Verdict::Close => {
+                        tracing::debug!(%peer, "no request head within the header read timeout: closing");
+                        return;
+                    }
+                    Verdict::CheckAt(at) => watchdog.as_mut().reset(at),
+                    Verdict::Stop => watching = false,
                 }
-                checked = true;
             }
         }
     }
