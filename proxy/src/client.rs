@@ -14,13 +14,13 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::connector::{UpstreamConnector, UpstreamStream};
-use crate::forward::{has_token, BoxError, ForwardBody};
+use crate::forward::{BoxError, ForwardBody, HOP_BY_HOP};
 use crate::head::RequestHead;
 
 /// Longest response head accepted (status line and headers).
@@ -368,49 +368,83 @@ async fn read_head(
 }
 
 /// Parses a complete head at the start of the buffer (skipping 1xx interim responses).
+/// The fields come without the hop-by-hop ones (RFC 9110 §7.6.1: the fixed list and what
+/// `Connection` names), their values sharing the read buffer.
 fn parse_head(
     conn: &mut Conn,
     head_request: bool,
 ) -> Result<Option<(http::response::Parts, Kind, bool)>, UpstreamError> {
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut headers);
-        let len = match response.parse(&conn.buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(UpstreamError::Invalid("too many headers"))
+        // Where each field's name and value are in the head (offsets, lengths), so that
+        // the values can share the head's bytes once it is split off the buffer.
+        let mut spans = [[0u32; 4]; MAX_HEADERS];
+        let (len, status, version, kind, keep_alive, connection, count) = {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut headers);
+            let len = match response.parse(&conn.buf) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(httparse::Error::TooManyHeaders) => {
+                    return Err(UpstreamError::Invalid("too many headers"))
+                }
+                Err(_) => return Err(UpstreamError::Invalid("malformed response head")),
+            };
+            let code = response.code.unwrap_or(0);
+            let status = StatusCode::from_u16(code)
+                .map_err(|_| UpstreamError::Invalid("invalid status code"))?;
+            let version = if response.version == Some(0) {
+                Version::HTTP_10
+            } else {
+                Version::HTTP_11
+            };
+            if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+                conn.buf.advance(len);
+                continue; // 100 Continue and the like: the real response follows
             }
-            Err(_) => return Err(UpstreamError::Invalid("malformed response head")),
+            let fields = &*response.headers;
+            let connection = ConnectionOptions::of(fields);
+            let kind = body_kind(fields, status, head_request)?;
+            // HTTP/1.1 persists unless told to close; HTTP/1.0 only with `keep-alive` (RFC
+            // 9112 §9.3), and only for a length-delimited body (1.0 has no chunked framing).
+            let keep_alive = kind != Kind::Close
+                && !connection.close
+                && (version == Version::HTTP_11
+                    || (connection.keep_alive && !matches!(kind, Kind::Chunked(_))));
+            let base = conn.buf.as_ptr() as usize;
+            let offset = |piece: &[u8]| (piece.as_ptr() as usize - base) as u32;
+            for (span, field) in spans.iter_mut().zip(fields) {
+                let name = field.name.as_bytes();
+                *span = [
+                    offset(name),
+                    name.len() as u32,
+                    offset(field.value),
+                    field.value.len() as u32,
+                ];
+            }
+            (
+                len,
+                status,
+                version,
+                kind,
+                keep_alive,
+                connection,
+                fields.len(),
+            )
         };
-        let code = response.code.unwrap_or(0);
-        let status = StatusCode::from_u16(code)
-            .map_err(|_| UpstreamError::Invalid("invalid status code"))?;
-        let version = if response.version == Some(0) {
-            Version::HTTP_10
-        } else {
-            Version::HTTP_11
-        };
-        let mut map = HeaderMap::with_capacity(response.headers.len());
-        for h in response.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
+        let head = conn.buf.split_to(len).freeze();
+        let mut map = HeaderMap::with_capacity(count);
+        for &[name_at, name_len, value_at, value_len] in &spans[..count] {
+            let (name_at, value_at) = (name_at as usize, value_at as usize);
+            let name = HeaderName::from_bytes(&head[name_at..name_at + name_len as usize])
                 .map_err(|_| UpstreamError::Invalid("invalid header name"))?;
-            let value = HeaderValue::from_bytes(h.value)
-                .map_err(|_| UpstreamError::Invalid("invalid header value"))?;
+            if HOP_BY_HOP.contains(&name) || connection.names(&name) {
+                continue;
+            }
+            let value =
+                HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len as usize))
+                    .map_err(|_| UpstreamError::Invalid("invalid header value"))?;
             map.append(name, value);
         }
-        conn.buf.advance(len);
-        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
-            continue; // 100 Continue and the like: the real response follows
-        }
-        let kind = body_kind(&map, status, head_request)?;
-        let has_option = |option| has_token(&map, &header::CONNECTION, option);
-        // HTTP/1.1 persists unless told to close; HTTP/1.0 only with `keep-alive` (RFC 9112
-        // §9.3), and only for a length-delimited body (1.0 has no chunked framing).
-        let keep_alive = kind != Kind::Close
-            && !has_option("close")
-            && (version == Version::HTTP_11
-                || (has_option("keep-alive") && !matches!(kind, Kind::Chunked(_))));
         let mut parts = http::Response::new(()).into_parts().0;
         parts.status = status;
         parts.version = version;
@@ -419,8 +453,60 @@ fn parse_head(
     }
 }
 
+/// A field value as text, as `HeaderValue::to_str` reads it (visible ASCII and tabs).
+fn field_text(value: &[u8]) -> Option<&str> {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (32..127).contains(&b))
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
+}
+
+/// The elements of every line of the list field `name` (RFC 9110 §5.6.1), trimmed.
+fn field_tokens<'h>(
+    fields: &'h [httparse::Header<'h>],
+    name: &'static str,
+) -> impl Iterator<Item = &'h str> {
+    fields
+        .iter()
+        .filter(move |f| f.name.eq_ignore_ascii_case(name))
+        .filter_map(|f| field_text(f.value))
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
+/// What a response's `Connection` lines say.
+#[derive(Debug, Default)]
+struct ConnectionOptions {
+    close: bool,
+    keep_alive: bool,
+    /// The fields they name, hop-by-hop too (almost always none).
+    named: Vec<HeaderName>,
+}
+
+impl ConnectionOptions {
+    fn of(fields: &[httparse::Header<'_>]) -> ConnectionOptions {
+        let mut options = ConnectionOptions::default();
+        for token in field_tokens(fields, "connection") {
+            if token.eq_ignore_ascii_case("close") {
+                options.close = true;
+            } else if token.eq_ignore_ascii_case("keep-alive") {
+                options.keep_alive = true;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                options.named.push(name);
+            }
+        }
+        options
+    }
+
+    fn names(&self, name: &HeaderName) -> bool {
+        !self.named.is_empty() && self.named.contains(name)
+    }
+}
+
 fn body_kind(
-    headers: &HeaderMap,
+    fields: &[httparse::Header<'_>],
     status: StatusCode,
     head_request: bool,
 ) -> Result<Kind, UpstreamError> {
@@ -431,12 +517,9 @@ fn body_kind(
     {
         return Ok(Kind::Empty);
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        let chunked_last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
+    let is = |f: &httparse::Header<'_>, name: &str| f.name.eq_ignore_ascii_case(name);
+    if let Some(last) = fields.iter().rev().find(|f| is(f, "transfer-encoding")) {
+        let chunked_last = field_text(last.value)
             .and_then(|v| v.rsplit(',').next())
             .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
         return Ok(if chunked_last {
@@ -446,10 +529,8 @@ fn body_kind(
         });
     }
     let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let n: u64 = value
-            .to_str()
-            .ok()
+    for field in fields.iter().filter(|f| is(f, "content-length")) {
+        let n: u64 = field_text(field.value)
             .and_then(|v| v.trim().parse().ok())
             .ok_or(UpstreamError::Invalid("invalid content-length"))?;
         if length.is_some_and(|l| l != n) {
@@ -516,10 +597,10 @@ impl UpstreamBody {
                 // chunk an event, and each `BytesMut::advance` costs more than the chunk's
                 // own parsing.
                 let mut at = 0;
-                // The first data piece is handed over without a copy when it is the only
-                // one; later pieces of the same read are joined to it (one frame, one write).
-                let mut first: Option<std::ops::Range<usize>> = None;
-                let mut joined: Option<BytesMut> = None;
+                // The data pieces are moved together in place (each right after the one
+                // before: chunk framing only ever sits between them), then handed over as
+                // one piece without a copy: one frame, one write, no allocation.
+                let mut data: Option<std::ops::Range<usize>> = None;
                 loop {
                     let rest = &buf[at..];
                     match state {
@@ -544,15 +625,12 @@ impl UpstreamBody {
                             if *left == 0 {
                                 *state = Chunk::DataEnd;
                             }
-                            match (&first, &mut joined) {
-                                (None, _) => first = Some(at..at + n),
-                                (Some(f), None) => {
-                                    let mut j = BytesMut::with_capacity(f.len() + rest.len());
-                                    j.extend_from_slice(&buf[f.clone()]);
-                                    j.extend_from_slice(&rest[..n]);
-                                    joined = Some(j);
+                            match &mut data {
+                                None => data = Some(at..at + n),
+                                Some(piece) => {
+                                    buf.copy_within(at..at + n, piece.end);
+                                    piece.end += n;
                                 }
-                                (Some(_), Some(j)) => j.extend_from_slice(&rest[..n]),
                             }
                             at += n;
                         }
@@ -594,16 +672,16 @@ impl UpstreamBody {
                         }
                     }
                 }
-                Ok(match (first, joined) {
-                    (Some(piece), None) => {
+                Ok(match data {
+                    Some(piece) => {
                         buf.advance(piece.start);
                         let data = buf.split_to(piece.len()).freeze();
                         buf.advance(at - piece.end);
                         Some(data)
                     }
-                    (_, joined) => {
+                    None => {
                         buf.advance(at);
-                        joined.map(BytesMut::freeze)
+                        None
                     }
                 })
             }
@@ -773,6 +851,46 @@ mod tests {
         }
         assert!(body.is_end_stream());
         frames
+    }
+
+    #[tokio::test]
+    async fn response_heads_lose_their_hop_by_hop_fields() {
+        let (mut conn, _server) = conn_with(
+            b"HTTP/1.1 200 OK\r\n\
+              Content-Type: text/event-stream\r\n\
+              Connection: X-Hop, keep-alive\r\n\
+              Keep-Alive: timeout=5\r\n\
+              X-Hop: 1\r\n\
+              Set-Cookie: a=1\r\n\
+              Proxy-Connection: keep-alive\r\n\
+              Upgrade: h2c\r\n\
+              Transfer-Encoding: gzip, chunked\r\n\
+              Trailer: x-checksum\r\n\
+              Set-Cookie: b=2\r\n\
+              \r\n\
+              3\r\nabc\r\n0\r\n\r\n",
+        )
+        .await;
+        let (parts, kind, keep_alive) = read_head(&mut conn, false).await.unwrap();
+        let fields: Vec<(String, String)> = parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        let field = |n: &str, v: &str| (n.to_owned(), v.to_owned());
+        assert_eq!(
+            fields,
+            [
+                field("content-type", "text/event-stream"),
+                field("set-cookie", "a=1"),
+                field("set-cookie", "b=2"),
+                field("trailer", "x-checksum"),
+            ]
+        );
+        assert_eq!(kind, Kind::Chunked(Chunk::Size));
+        assert!(keep_alive);
+        // The body after the head is still there, whole.
+        assert_eq!(&conn.buf[..], b"3\r\nabc\r\n0\r\n\r\n");
     }
 
     #[tokio::test]

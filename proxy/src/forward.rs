@@ -482,7 +482,7 @@ const X_SESSION_ID: HeaderName = HeaderName::from_static("x-session-id");
 /// (RFC 2616's list had it) is end to end: it announces the trailer fields, which are
 /// forwarded.
 const HOP_BY_HOP_COUNT: usize = 8;
-const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
+pub(crate) const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -788,8 +788,8 @@ pub(crate) async fn handle(
         }
     };
 
+    // The upstream client left the hop-by-hop fields out.
     let (mut parts, body) = response;
-    strip_hop_by_hop(&mut parts.headers);
     let is_success = parts.status.is_success();
     let is_sse = parts
         .headers
