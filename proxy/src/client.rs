@@ -32,6 +32,10 @@ const MAX_LINE_BYTES: usize = 4 << 10;
 /// Request body bytes gathered before they are written (frames already there are sent
 /// together; a large body is still streamed).
 const MAX_GATHER_BYTES: usize = 256 << 10;
+/// Room made in the write buffer for a request head (and a small body).
+const WRITE_BUF_BYTES: usize = 1024;
+/// Largest write buffer a connection keeps between requests.
+const MAX_KEPT_WRITE_BUF_BYTES: usize = 16 << 10;
 /// Room made in a read buffer before the first read; doubled (up to the max) each time
 /// a read fills it, as hyper does, so a large body takes few reads.
 const READ_CHUNK_BYTES: usize = 16 << 10;
@@ -86,6 +90,10 @@ pub(crate) struct Conn {
     buf: BytesMut,
     /// Room to make before the next read.
     read_bytes: usize,
+    /// The request write buffer, kept for the connection's next request.
+    write_buf: BytesMut,
+    /// An empty field map for the next response head (a request's, recycled).
+    spare_fields: HeaderMap,
 }
 
 impl Conn {
@@ -106,7 +114,7 @@ impl Conn {
 }
 
 struct Idle {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -137,7 +145,7 @@ impl UpstreamClient {
         }
     }
 
-    fn checkout(&self) -> Option<Conn> {
+    fn checkout(&self) -> Option<Box<Conn>> {
         let mut idle = self.idle.lock().ok()?;
         let now = Instant::now();
         while let Some(mut entry) = idle.pop_back() {
@@ -149,7 +157,7 @@ impl UpstreamClient {
     }
 
     /// Returns a connection whose last response ended cleanly to the pool.
-    pub(crate) fn put_back(&self, conn: Conn) {
+    pub(crate) fn put_back(&self, conn: Box<Conn>) {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
@@ -183,16 +191,19 @@ impl UpstreamClient {
         }
     }
 
-    async fn connect(&self) -> Result<Conn, UpstreamError> {
+    async fn connect(&self) -> Result<Box<Conn>, UpstreamError> {
         let mut connector = self.connector.clone();
         let io = tower_service::Service::call(&mut connector, self.target.clone())
             .await
             .map_err(UpstreamError::Connect)?;
-        Ok(Conn {
+        // Boxed: a connection moves between the pool and each response's body.
+        Ok(Box::new(Conn {
             io: io.into_inner(),
             buf: BytesMut::with_capacity(READ_CHUNK_BYTES),
             read_bytes: READ_CHUNK_BYTES,
-        })
+            write_buf: BytesMut::new(),
+            spare_fields: HeaderMap::new(),
+        }))
     }
 
     /// Sends one request and reads the response head. `fresh`: do not reuse a pooled
@@ -261,7 +272,9 @@ async fn write_request(
     } else {
         (Framing::Chunked, None)
     };
-    let mut out = BytesMut::with_capacity(1024);
+    let mut out = std::mem::take(&mut conn.write_buf);
+    out.clear();
+    out.reserve(WRITE_BUF_BYTES);
     encode_head(&mut out, head, framing, length);
     let mut ended = framing == Framing::None;
     while !ended {
@@ -306,6 +319,10 @@ async fn write_request(
         conn.io.write_all(&out).await?;
     }
     conn.io.flush().await?;
+    // Kept for the next request unless a large body grew it.
+    if out.capacity() <= MAX_KEPT_WRITE_BUF_BYTES {
+        conn.write_buf = out;
+    }
     Ok(())
 }
 
@@ -432,7 +449,8 @@ fn parse_head(
             )
         };
         let head = conn.buf.split_to(len).freeze();
-        let mut map = HeaderMap::with_capacity(count);
+        let mut map = std::mem::take(&mut conn.spare_fields);
+        map.reserve(count);
         for &[name_at, name_len, value_at, value_len] in &spans[..count] {
             let (name_at, value_at) = (name_at as usize, value_at as usize);
             let name = HeaderName::from_bytes(&head[name_at..name_at + name_len as usize])
@@ -543,7 +561,7 @@ fn body_kind(
 
 /// The upstream's response body, read from its connection by whoever polls it.
 pub(crate) struct UpstreamBody {
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     kind: Kind,
     keep_alive: bool,
     done: bool,
@@ -553,7 +571,7 @@ pub(crate) struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    fn new(conn: Conn, kind: Kind, keep_alive: bool) -> UpstreamBody {
+    fn new(conn: Box<Conn>, kind: Kind, keep_alive: bool) -> UpstreamBody {
         UpstreamBody {
             conn: Some(conn),
             done: matches!(kind, Kind::Empty | Kind::Length(0)),
@@ -563,8 +581,17 @@ impl UpstreamBody {
         }
     }
 
+    /// Keeps `fields`, emptied, for the connection's next response head: a map that
+    /// already has room costs no allocation.
+    pub(crate) fn recycle_fields(&mut self, mut fields: HeaderMap) {
+        if let Some(conn) = self.conn.as_mut() {
+            fields.clear();
+            conn.spare_fields = fields;
+        }
+    }
+
     /// The connection, once the body ended cleanly and it can carry another request.
-    pub(crate) fn take_reusable(&mut self) -> Option<Conn> {
+    pub(crate) fn take_reusable(&mut self) -> Option<Box<Conn>> {
         if self.done && self.keep_alive {
             self.conn.take().filter(|c| c.buf.is_empty())
         } else {
@@ -809,7 +836,7 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     /// A connection whose upstream end has already written `wire` (and stays open).
-    async fn conn_with(wire: &'static [u8]) -> (Conn, TcpStream) {
+    async fn conn_with(wire: &'static [u8]) -> (Box<Conn>, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
@@ -819,11 +846,13 @@ mod tests {
             io: UpstreamStream::Plain(client.unwrap()),
             buf: BytesMut::new(),
             read_bytes: READ_CHUNK_BYTES,
+            write_buf: BytesMut::new(),
+            spare_fields: HeaderMap::new(),
         };
-        (conn, server)
+        (Box::new(conn), server)
     }
 
-    async fn body_of(mut conn: Conn, head_request: bool) -> (u16, Vec<Bytes>, bool) {
+    async fn body_of(mut conn: Box<Conn>, head_request: bool) -> (u16, Vec<Bytes>, bool) {
         let (parts, kind, keep_alive) = read_head(&mut conn, head_request).await.unwrap();
         let mut body = UpstreamBody::new(conn, kind, keep_alive);
         let mut frames = Vec::new();
@@ -841,7 +870,7 @@ mod tests {
     }
 
     /// The frames of a body: data as `Ok`, then trailers as `Err`.
-    async fn frames_of(mut conn: Conn) -> Vec<Result<Bytes, HeaderMap>> {
+    async fn frames_of(mut conn: Box<Conn>) -> Vec<Result<Bytes, HeaderMap>> {
         let (_, kind, keep_alive) = read_head(&mut conn, false).await.unwrap();
         let mut body = UpstreamBody::new(conn, kind, keep_alive);
         let mut frames = Vec::new();

@@ -51,17 +51,21 @@ impl Shared {
         // `<random per-process prefix>-<counter>`: unique across the recordings of many
         // proxies (pods) merged together, and nearly sorted within one, so the column
         // (DELTA_BYTE_ARRAY) costs about a byte a row instead of nine for random ids.
-        let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
-        let digits = n.to_string();
-        let mut id = String::with_capacity(self.id_prefix.len() + 1 + digits.len().max(10));
-        id.push_str(&self.id_prefix);
-        id.push('-');
-        for _ in digits.len()..10 {
-            id.push('0');
-        }
-        id.push_str(&digits);
-        id
+        request_id(&self.id_prefix, self.id_counter.fetch_add(1, Ordering::Relaxed))
     }
+}
+
+/// `<prefix>-<n>`, `n` in at least ten decimal digits (zero-padded).
+fn request_id(prefix: &str, n: u64) -> String {
+    let digits = n.to_string();
+    let mut id = String::with_capacity(prefix.len() + 1 + digits.len().max(10));
+    id.push_str(prefix);
+    id.push('-');
+    for _ in digits.len()..10 {
+        id.push('0');
+    }
+    id.push_str(&digits);
+    id
 }
 
 /// The request body as captured for parsing.
@@ -447,7 +451,7 @@ impl Body for ResponseBody {
 /// Fields that may not be sent as trailers (RFC 9110 §6.5.1; the set hyper's HTTP/1.1
 /// encoder refuses), besides the hop-by-hop ones: an HTTP/2 client would see a stream
 /// reset for some of them.
-const NOT_TRAILERS: [HeaderName; 10] = [
+static NOT_TRAILERS: [HeaderName; 10] = [
     header::AUTHORIZATION,
     header::CACHE_CONTROL,
     header::CONTENT_ENCODING,
@@ -482,7 +486,7 @@ const X_SESSION_ID: HeaderName = HeaderName::from_static("x-session-id");
 /// (RFC 2616's list had it) is end to end: it announces the trailer fields, which are
 /// forwarded.
 const HOP_BY_HOP_COUNT: usize = 8;
-pub(crate) const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
+pub(crate) static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -789,7 +793,10 @@ pub(crate) async fn handle(
     };
 
     // The upstream client left the hop-by-hop fields out.
-    let (mut parts, body) = response;
+    // The request's field map, emptied, holds the pooled connection's next response head.
+    let request_fields = std::mem::take(&mut parts.headers);
+    let (mut parts, mut body) = response;
+    body.recycle_fields(request_fields);
     let is_success = parts.status.is_success();
     let is_sse = parts
         .headers
@@ -850,6 +857,15 @@ pub(crate) async fn handle(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn request_ids_are_zero_padded_to_ten_digits() {
+        assert_eq!(request_id("ab12", 0), "ab12-0000000000");
+        assert_eq!(request_id("ab12", 7), "ab12-0000000007");
+        assert_eq!(request_id("ab12", 9_876_543_210), "ab12-9876543210");
+        assert_eq!(request_id("ab12", 12_345_678_901), "ab12-12345678901");
+        assert_eq!(request_id("x", u64::MAX), format!("x-{}", u64::MAX));
+    }
 
     #[test]
     fn trailers_lose_hop_by_hop_and_forbidden_fields() {
