@@ -51,7 +51,10 @@ impl Shared {
         // `<random per-process prefix>-<counter>`: unique across the recordings of many
         // proxies (pods) merged together, and nearly sorted within one, so the column
         // (DELTA_BYTE_ARRAY) costs about a byte a row instead of nine for random ids.
-        request_id(&self.id_prefix, self.id_counter.fetch_add(1, Ordering::Relaxed))
+        request_id(
+            &self.id_prefix,
+            self.id_counter.fetch_add(1, Ordering::Relaxed),
+        )
     }
 }
 

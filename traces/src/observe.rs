@@ -106,6 +106,9 @@ pub struct StreamObserver {
     fast_path: bool,
     /// What the stream's events so far let the next ones skip (see [`skim::Remembered`]).
     remembered: skim::Remembered,
+    /// Events read whole by [`skim::read_event`] (for the tests of that path).
+    #[cfg(test)]
+    events_read_whole: usize,
 }
 
 impl StreamObserver {
@@ -127,6 +130,8 @@ impl StreamObserver {
             obs: Observation::default(),
             fast_path: true,
             remembered: skim::Remembered::default(),
+            #[cfg(test)]
+            events_read_whole: 0,
         }
     }
 
@@ -187,13 +192,50 @@ impl StreamObserver {
             Mode::Sse => {
                 // The splitter is moved out so the callback can borrow `self` mutably.
                 let mut splitter = std::mem::take(&mut self.splitter);
-                splitter.push_each(bytes, |_raw, data| {
-                    if let Some(data) = data {
-                        self.on_event(data, at_us);
+                let mut bytes = bytes;
+                loop {
+                    // Whole events of the stream's remembered shape, read straight from
+                    // the bytes (what the splitter and the skim would make of them).
+                    if self.fast_path && splitter.at_event_boundary() {
+                        while let Some((len, text)) = skim::read_event(&self.remembered, bytes) {
+                            self.template_event(text, at_us);
+                            bytes = &bytes[len..];
+                        }
                     }
-                });
+                    // Else one simple event (it may teach the template), or the rest.
+                    let simple = splitter.push_simple_event(bytes, &mut |_raw, data| {
+                        if let Some(data) = data {
+                            self.on_event(data, at_us);
+                        }
+                    });
+                    match simple {
+                        Some(len) => bytes = &bytes[len..],
+                        None => {
+                            splitter.push_each(bytes, |_raw, data| {
+                                if let Some(data) = data {
+                                    self.on_event(data, at_us);
+                                }
+                            });
+                            break;
+                        }
+                    }
+                }
                 self.splitter = splitter;
             }
+        }
+    }
+
+    /// An event read whole through the template: as [`StreamObserver::on_event`] reads
+    /// it (one text, nothing else).
+    fn template_event(&mut self, text: &[u8], at_us: u64) {
+        self.events += 1;
+        if self.text_cap_bytes.is_some() {
+            self.capture(&String::from_utf8_lossy(text));
+        }
+        self.content_chunk(!text.is_empty(), at_us);
+        #[cfg(test)]
+        {
+            self.events_read_whole += 1;
         }
     }
 

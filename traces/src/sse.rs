@@ -60,6 +60,13 @@ impl EventSplitter {
         events
     }
 
+    /// Whether no part of an event is held and the stream start was checked: bytes
+    /// pushed now start a new event. A caller may read whole events it recognises from
+    /// such bytes itself, and push the rest.
+    pub fn at_event_boundary(&self) -> bool {
+        self.buf.is_empty() && !self.skip_lf && self.bom_checked
+    }
+
     /// Like [`EventSplitter::push`], but hands each complete event to `on_event` as
     /// borrowed slices (raw bytes, joined data) instead of allocating: the hot-path form.
     pub fn push_each(&mut self, bytes: &[u8], mut on_event: impl FnMut(&[u8], Option<&[u8]>)) {
@@ -144,32 +151,41 @@ impl EventSplitter {
         mut bytes: &'b [u8],
         on_event: &mut impl FnMut(&[u8], Option<&[u8]>),
     ) -> &'b [u8] {
+        while let Some(len) = self.push_simple_event(bytes, on_event) {
+            bytes = &bytes[len..];
+        }
+        bytes
+    }
+
+    /// One step of [`EventSplitter::push_simple_events`]: when no event is part-read and
+    /// `bytes` starts with a whole one-line `data:` event and its blank line (`\n` ends),
+    /// hands it to `on_event` and returns its length; otherwise `None`, with nothing
+    /// consumed (push the bytes then).
+    #[inline]
+    pub fn push_simple_event(
+        &mut self,
+        bytes: &[u8],
+        on_event: &mut impl FnMut(&[u8], Option<&[u8]>),
+    ) -> Option<usize> {
         if !self.buf.is_empty() || self.skip_lf {
-            return bytes;
+            return None;
         }
         if !self.bom_checked {
             match bytes.first() {
                 Some(&b) if b != BOM[0] => self.bom_checked = true,
-                _ => return bytes, // perhaps a BOM: the general path decides
+                _ => return None, // perhaps a BOM: the general path decides
             }
         }
-        while let Some(rest) = bytes.strip_prefix(b"data:") {
-            let value_at = 5 + usize::from(rest.first() == Some(&b' '));
-            let Some(eol) = bytes
-                .get(value_at..)
-                .and_then(|value| memchr::memchr2(b'\n', b'\r', value))
-            else {
-                break;
-            };
-            let line_end = value_at + eol;
-            if bytes[line_end] != b'\n' || bytes.get(line_end + 1) != Some(&b'\n') {
-                break;
-            }
-            let (raw, rest) = bytes.split_at(line_end + 2);
-            on_event(raw, Some(&raw[value_at..line_end]));
-            bytes = rest;
+        let rest = bytes.strip_prefix(b"data:")?;
+        let value_at = 5 + usize::from(rest.first() == Some(&b' '));
+        let eol = memchr::memchr2(b'\n', b'\r', bytes.get(value_at..)?)?;
+        let line_end = value_at + eol;
+        if bytes[line_end] != b'\n' || bytes.get(line_end + 1) != Some(&b'\n') {
+            return None;
         }
-        bytes
+        let raw = &bytes[..line_end + 2];
+        on_event(raw, Some(&raw[value_at..line_end]));
+        Some(raw.len())
     }
 
     fn field_line(&mut self, start: usize, end: usize) {

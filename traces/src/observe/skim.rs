@@ -68,6 +68,9 @@ struct Template {
     after: Vec<u8>,
     /// Which of [`Skimmed::texts`] the string is.
     slot: usize,
+    /// Neither `before` nor `after` holds a line end (`\n`, `\r`): an event of this shape
+    /// can be one `data:` line, read by [`read_event`].
+    one_line: bool,
 }
 
 impl Template {
@@ -116,7 +119,41 @@ impl Template {
         self.after.clear();
         self.after.extend_from_slice(&data[end + 1..]);
         self.slot = slot;
+        let line_end = |b: &u8| matches!(b, b'\n' | b'\r');
+        self.one_line = !self.before.iter().any(line_end) && !self.after.iter().any(line_end);
     }
+}
+
+/// A whole event at the start of `bytes` that is one `data:` line of the remembered
+/// template's shape and a blank line (`data:`, an optional space, the data, `\n\n`): its
+/// length in bytes and its text. It is what the SSE splitter and [`skim`] make of those
+/// bytes, read without the splitter's line search: the splitter takes the line after
+/// `data:` and one optional space as the event's data and ends the event at `\n\n`; the
+/// data starts and ends with the template's bytes (no whitespace to trim), holds no line
+/// end (the template's bytes have none, a plain string neither), and reads through the
+/// template, which leaves `memory` as it was. Anything else: `None`, and the splitter and
+/// [`skim`] read the bytes.
+pub(super) fn read_event<'a>(memory: &Remembered, bytes: &'a [u8]) -> Option<(usize, &'a [u8])> {
+    let template = &memory.template;
+    if !template.one_line || template.before.is_empty() {
+        return None;
+    }
+    let rest = bytes.strip_prefix(b"data:")?;
+    let value_at = 5 + usize::from(rest.first() == Some(&b' '));
+    let data = &bytes[value_at..];
+    if !data.starts_with(&template.before) {
+        return None;
+    }
+    let mut p = Parser {
+        s: data,
+        i: template.before.len() - 1,
+    };
+    let text = p.string()?;
+    let end = p.i + template.after.len();
+    if data.get(p.i..end)? != template.after.as_slice() || data.get(end..end + 2)? != b"\n\n" {
+        return None;
+    }
+    Some((value_at + end + 2, text))
 }
 
 /// Reads `data` (one SSE event's data, trimmed) if it has the common shape; `None` means
@@ -303,6 +340,59 @@ mod tests {
             obs.feed(event.as_bytes(), 1_000 * (i as u64 + 1));
         }
         obs.finish(1_000_000)
+    }
+
+    /// Observes `events` (SSE data payloads) framed by `framings` (see [`framed`]), all
+    /// the bytes cut at `cuts` and pushed piece by piece, with or without the fast paths.
+    fn observe_framed(
+        events: &[String],
+        framings: &[u8],
+        cuts: &[f64],
+        fast_path: bool,
+    ) -> (crate::Observation, usize) {
+        let mut bytes = Vec::new();
+        for (i, data) in events.iter().enumerate() {
+            bytes.extend_from_slice(framed(data, framings[i % framings.len()]).as_bytes());
+        }
+        // Cut points as fractions of the bytes.
+        let mut at: Vec<usize> = cuts
+            .iter()
+            .map(|c| (c * bytes.len() as f64) as usize)
+            .collect();
+        at.push(0);
+        at.push(bytes.len());
+        at.sort_unstable();
+        let mut obs = StreamObserver::new(Endpoint::Chat).capture_text(1 << 20);
+        obs.fast_path = fast_path;
+        for (i, piece) in at.windows(2).enumerate() {
+            obs.feed(&bytes[piece[0]..piece[1]], 1_000 * (i as u64 + 1));
+        }
+        let whole = obs.events_read_whole;
+        (obs.finish(1_000_000), whole)
+    }
+
+    /// One event's bytes, in one of the ways a server may frame it.
+    fn framed(data: &str, how: u8) -> String {
+        let half = (0..=data.len() / 2)
+            .rev()
+            .find(|&c| data.is_char_boundary(c))
+            .unwrap_or(0);
+        match how % 10 {
+            0 | 1 | 2 => format!("data: {data}\n\n"),
+            3 => format!("data:{data}\n\n"),
+            4 => format!("data: {data}\r\n\r\n"),
+            5 => format!("data: {data} \n\n"),
+            6 => format!(": keep-alive\ndata: {data}\n\n"),
+            7 => format!("data:  {data}\n\n\n"),
+            // Two data lines (joined with a line end between them).
+            8 => format!(
+                "event: message\ndata: {}\ndata: {}\n\n",
+                &data[..half],
+                &data[half..]
+            ),
+            // A line end inside the data: the second line is another field (ignored).
+            _ => format!("data: {}\n{}\n\n", &data[..half], &data[half..]),
+        }
     }
 
     fn text_value() -> impl Strategy<Value = String> {
@@ -611,6 +701,91 @@ mod tests {
         fn the_fast_path_agrees_with_serde_on_shaped_streams(events in shaped_stream()) {
             prop_assert_eq!(observe(&events, true), observe(&events, false));
         }
+
+        /// The same when the events come framed in every way a server may frame them and
+        /// cut anywhere: whole events of the template's shape read straight from the
+        /// pushed bytes agree with the splitter's reading.
+        #[test]
+        fn the_fast_path_agrees_with_serde_on_framed_streams(
+            events in shaped_stream(),
+            framings in prop::collection::vec(any::<u8>(), 1..4),
+            cuts in prop::collection::vec(0.0f64..=1.0, 0..4),
+        ) {
+            let (fast, _) = observe_framed(&events, &framings, &cuts, true);
+            let (slow, _) = observe_framed(&events, &framings, &cuts, false);
+            prop_assert_eq!(fast, slow);
+        }
+    }
+
+    /// Streams where bytes that start like a template event are not one whole `data:`
+    /// line to the splitter: the fast paths must read them as the splitter does.
+    #[test]
+    fn only_whole_one_line_events_are_read_straight_from_the_bytes() {
+        let event = |text: &str| {
+            format!(r#"{{"id":"x","choices":[{{"index":0,"text":"{text}","logprobs":null}}]}}"#)
+        };
+        // Pushed in two pieces, cut after the first event.
+        let observe_bytes = |bytes: &str, fast_path: bool| {
+            let mut obs = StreamObserver::new(Endpoint::Completions).capture_text(1 << 10);
+            obs.fast_path = fast_path;
+            let cut = bytes.find("\n\n").map_or(0, |i| i + 2);
+            obs.feed(&bytes.as_bytes()[..cut], 1_000);
+            obs.feed(&bytes.as_bytes()[cut..], 2_000);
+            obs.finish(3_000)
+        };
+        let streams = [
+            // A template learned from data on two lines (a line end between tokens), then
+            // that line end raw inside one data line: to the splitter, a second field.
+            "data: {\"id\":\"x\",\ndata: \"choices\":[{\"index\":0,\"text\":\"a\"}]}\n\n\
+             data: {\"id\":\"x\",\n\"choices\":[{\"index\":0,\"text\":\"b\"}]}\n\n"
+                .to_string(),
+            // An event ended by one line end: the next data line joins it.
+            format!(
+                "data: {}\n\ndata: {}\ndata: {}\n\n",
+                event("a"),
+                event("b"),
+                event("c")
+            ),
+            // A line end, then a comment, then the blank line: one event, read whole.
+            format!("data: {}\n\ndata: {}\n: note\n\n", event("a"), event("b")),
+            // CR line ends.
+            format!(
+                "data: {}\n\ndata: {}\r\rdata: {}\n\n",
+                event("a"),
+                event("b"),
+                event("c")
+            ),
+        ];
+        for stream in &streams {
+            assert_eq!(
+                observe_bytes(stream, true),
+                observe_bytes(stream, false),
+                "{stream:?}"
+            );
+        }
+    }
+
+    /// A stream of the common shape pushed at once is read whole, event by event, after
+    /// its first event (the template's source): the path the property above checks runs.
+    #[test]
+    fn whole_events_are_read_straight_from_the_bytes() {
+        let events: Vec<String> = (0..16)
+            .map(|i| format!(r#"{{"id":"c1","object":"text_completion","created":7,"model":"m","choices":[{{"index":0,"text":" w{i}","logprobs":null,"finish_reason":null}}]}}"#))
+            .collect();
+        let (obs, whole) = observe_framed(&events, &[0], &[], true);
+        assert_eq!(whole, 15, "every event after the first is read whole");
+        assert_eq!(obs.chunk_count, 16);
+        // Framed as `data:` without a space: the same.
+        let (_, whole) = observe_framed(&events, &[3], &[], true);
+        assert_eq!(whole, 15);
+        // Cut mid-event: read whole up to the cut; the push that starts mid-event goes to
+        // the splitter.
+        let (obs_cut, whole) = observe_framed(&events, &[0], &[0.5], true);
+        assert!((5..15).contains(&whole), "{whole}");
+        assert_eq!(obs_cut.chunk_count, 16);
+        // CRLF line ends: the splitter's path.
+        let (_, whole) = observe_framed(&events, &[4], &[], true);
+        assert_eq!(whole, 0);
     }
 
     #[test]
