@@ -378,7 +378,7 @@ mod tests {
             .find(|&c| data.is_char_boundary(c))
             .unwrap_or(0);
         match how % 10 {
-            0 | 1 | 2 => format!("data: {data}\n\n"),
+            0..=2 => format!("data: {data}\n\n"),
             3 => format!("data:{data}\n\n"),
             4 => format!("data: {data}\r\n\r\n"),
             5 => format!("data: {data} \n\n"),
