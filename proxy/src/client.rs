@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
@@ -27,6 +28,8 @@ use crate::head::RequestHead;
 const MAX_HEAD_BYTES: usize = 64 << 10;
 /// Most response headers accepted (hyper's default).
 const MAX_HEADERS: usize = 100;
+/// Response fields whose places are kept on the stack (more take a vector).
+const INLINE_FIELDS: usize = 24;
 /// Longest chunk-size or trailer line accepted.
 const MAX_LINE_BYTES: usize = 4 << 10;
 /// Request body bytes gathered before they are written (frames already there are sent
@@ -394,11 +397,20 @@ fn parse_head(
     loop {
         // Where each field's name and value are in the head (offsets, lengths), so that
         // the values can share the head's bytes once it is split off the buffer.
-        let mut spans = [[0u32; 4]; MAX_HEADERS];
+        // Room for the common case on the stack; a head with more fields takes a vector.
+        let mut spans_inline = [[0u32; 4]; INLINE_FIELDS];
+        let mut spans_heap = Vec::new();
         let (len, status, version, kind, keep_alive, connection, count) = {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut response = httparse::Response::new(&mut headers);
-            let len = match response.parse(&conn.buf) {
+            // Uninitialised: filling a hundred empty fields first cost more than a parse.
+            let mut headers =
+                [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut []);
+            let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut response,
+                &conn.buf,
+                &mut headers,
+            );
+            let len = match parsed {
                 Ok(httparse::Status::Complete(len)) => len,
                 Ok(httparse::Status::Partial) => return Ok(None),
                 Err(httparse::Error::TooManyHeaders) => {
@@ -429,6 +441,12 @@ fn parse_head(
                     || (connection.keep_alive && !matches!(kind, Kind::Chunked(_))));
             let base = conn.buf.as_ptr() as usize;
             let offset = |piece: &[u8]| (piece.as_ptr() as usize - base) as u32;
+            let spans = if fields.len() <= INLINE_FIELDS {
+                &mut spans_inline[..fields.len()]
+            } else {
+                spans_heap.resize(fields.len(), [0u32; 4]);
+                &mut spans_heap[..]
+            };
             for (span, field) in spans.iter_mut().zip(fields) {
                 let name = field.name.as_bytes();
                 *span = [
@@ -451,7 +469,12 @@ fn parse_head(
         let head = conn.buf.split_to(len).freeze();
         let mut map = std::mem::take(&mut conn.spare_fields);
         map.reserve(count);
-        for &[name_at, name_len, value_at, value_len] in &spans[..count] {
+        let spans = if count <= INLINE_FIELDS {
+            &spans_inline[..count]
+        } else {
+            &spans_heap[..]
+        };
+        for &[name_at, name_len, value_at, value_len] in spans {
             let (name_at, value_at) = (name_at as usize, value_at as usize);
             let name = HeaderName::from_bytes(&head[name_at..name_at + name_len as usize])
                 .map_err(|_| UpstreamError::Invalid("invalid header name"))?;
@@ -920,6 +943,23 @@ mod tests {
         assert!(keep_alive);
         // The body after the head is still there, whole.
         assert_eq!(&conn.buf[..], b"3\r\nabc\r\n0\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_response_head_with_many_fields_keeps_them_all() {
+        let mut wire = String::from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n");
+        for i in 0..INLINE_FIELDS + 6 {
+            wire.push_str(&format!("x-field-{i}: value {i}\r\n"));
+        }
+        wire.push_str("\r\nok");
+        let (mut conn, _server) = conn_with(Box::leak(wire.into_bytes().into_boxed_slice())).await;
+        let (parts, kind, _) = read_head(&mut conn, false).await.unwrap();
+        assert_eq!(kind, Kind::Length(2));
+        assert_eq!(parts.headers.len(), INLINE_FIELDS + 7);
+        for i in 0..INLINE_FIELDS + 6 {
+            let value = parts.headers.get(format!("x-field-{i}")).unwrap();
+            assert_eq!(value.to_str().unwrap(), format!("value {i}"));
+        }
     }
 
     #[tokio::test]
