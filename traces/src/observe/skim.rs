@@ -119,8 +119,8 @@ impl Template {
         self.after.clear();
         self.after.extend_from_slice(&data[end + 1..]);
         self.slot = slot;
-        let line_end = |b: &u8| matches!(b, b'\n' | b'\r');
-        self.one_line = !self.before.iter().any(line_end) && !self.after.iter().any(line_end);
+        let one_line = |bytes: &[u8]| memchr::memchr2(b'\n', b'\r', bytes).is_none();
+        self.one_line = one_line(&self.before) && one_line(&self.after);
     }
 }
 
