@@ -23,6 +23,8 @@
 //! `.parquet` from the temp file's data up to the footer's length, the footer, and the
 //! journal's tail, reads it back to verify it, then removes the temp files.
 
+mod paced;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -40,6 +42,7 @@ use parquet::schema::types::ColumnPath;
 
 use crate::schema::{FileMeta, Row, META_SCHEMA};
 use crate::TracesError;
+use paced::PacedWriter;
 
 /// Metadata key, in the journal's schema, of the row count the footer covered when the
 /// journal was started.
@@ -50,10 +53,17 @@ const FOOTER_MAGIC: &[u8; 8] = b"RTFOOT1\n";
 /// Rows encoded at once: large enough to amortise per-batch costs, small enough to bound
 /// the memory of unencoded rows.
 const ENCODE_BATCH_ROWS: usize = 8192;
-/// Rows handed to the Parquet writer at once, with a yield of the thread between slices.
-/// The proxy's recorder shares a CPU with the event loop it records: a whole batch encodes
-/// for ~15 ms, and requests wait behind it; slices let them through every ~2 ms.
+/// Rows built into a record batch and handed to the Parquet writer at once, with a pause
+/// (a yield of the thread) between slices. The proxy's recorder shares a CPU with the
+/// event loop it records: a whole batch encodes for ~15 ms, and requests wait behind it;
+/// slices let them through every ~2 ms. Completing a row group and writing the journal
+/// pause likewise, between columns and between batches (see `paced`).
 const ENCODE_SLICE_ROWS: usize = 1024;
+
+/// Lets the other threads of this CPU run between long encoding steps (see `paced`).
+fn pause() {
+    std::thread::yield_now();
+}
 
 /// Options of a [`RowWriter`].
 #[derive(Debug, Clone)]
@@ -323,7 +333,7 @@ pub fn write_file<R: Row>(path: &Path, rows: &[R], meta: &FileMeta) -> Result<()
 struct OpenFile {
     tmp: PathBuf,
     final_path: PathBuf,
-    writer: ArrowWriter<File>,
+    writer: PacedWriter,
     opened: Instant,
     /// Rows in completed row groups.
     rows_in_groups: u64,
@@ -466,6 +476,7 @@ impl<R: Row> RowWriter<R> {
             for b in file.journal_pending.drain(..) {
                 w.write(&b)
                     .map_err(|e| bad_file(&new_path, format!("journal: {e}")))?;
+                pause();
             }
             w.flush()
                 .map_err(|e| bad_file(&new_path, format!("journal: {e}")))?;
@@ -476,6 +487,7 @@ impl<R: Row> RowWriter<R> {
             for b in file.journal_pending.drain(..) {
                 w.write(&b)
                     .map_err(|e| bad_file(&journal_path, format!("journal: {e}")))?;
+                pause();
             }
             w.flush()
                 .map_err(|e| bad_file(&journal_path, format!("journal: {e}")))?;
@@ -535,7 +547,7 @@ impl<R: Row> RowWriter<R> {
                 .create_new(true)
                 .open(&tmp)
                 .map_err(io_err(&tmp))?;
-            let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))
+            let writer = PacedWriter::try_new(file, self.schema.clone(), self.props.clone())
                 .map_err(pq_err(&tmp))?;
             sync_dir(&self.opts.dir)?;
             self.current = Some(OpenFile {
@@ -562,29 +574,43 @@ impl<R: Row> RowWriter<R> {
         // The proxy pushes a request when its response ends, so rows come nearly but not
         // quite in time order; sorting each batch makes files nearly sorted (better merges,
         // and ~1 byte a row less for the delta-encoded time column).
-        let batch = match time_order(
+        let mut order_idx = std::mem::take(&mut self.order_idx);
+        let sorted = time_order(
             &self.pending,
             &mut self.order,
             &mut self.order_scratch,
-            &mut self.order_idx,
-        ) {
-            Some(order) => R::to_batch_ordered(&self.pending, Some(order))?,
-            None => R::to_batch(&self.pending)?,
-        };
+            &mut order_idx,
+        )
+        .is_some();
+        let order = sorted.then_some(order_idx.as_slice());
+        let result = self.encode_slices(order);
+        self.order_idx = order_idx;
         // Cleared, not replaced: a fresh multi-MB buffer per batch costs a page fault per
         // 4 KiB on every batch.
         self.pending.clear();
+        result
+    }
+
+    /// Encodes the pending rows, in `order` when given, a slice at a time: each slice is
+    /// built into its own record batch and written, with a pause between slices (see
+    /// `paced`), and the row group or file is completed when full.
+    fn encode_slices(&mut self, order: Option<&[usize]>) -> Result<(), TracesError> {
+        let total = self.pending.len();
         let mut offset = 0;
-        while offset < batch.num_rows() {
+        while offset < total {
             let max_rows = self.opts.max_rows_per_group.max(1);
             let max_group_bytes = self.opts.max_row_group_bytes;
             let max_file_bytes = self.opts.max_file_bytes;
+            let rows_in_progress = self.open_file()?.rows_in_progress;
+            let room = max_rows - rows_in_progress.min(max_rows);
+            let take = room.min(total - offset).clamp(1, ENCODE_SLICE_ROWS);
+            let slice = match order {
+                Some(order) => {
+                    R::to_batch_ordered(&self.pending, Some(&order[offset..offset + take]))?
+                }
+                None => R::to_batch(&self.pending[offset..offset + take])?,
+            };
             let file = self.open_file()?;
-            let room = max_rows - file.rows_in_progress.min(max_rows);
-            let take = room
-                .min(batch.num_rows() - offset)
-                .clamp(1, ENCODE_SLICE_ROWS);
-            let slice = batch.slice(offset, take);
             file.writer.write(&slice).map_err(pq_err(&file.tmp))?;
             file.rows_in_progress += take;
             file.journal_pending.push(slice);
@@ -599,8 +625,8 @@ impl<R: Row> RowWriter<R> {
             } else if group_full {
                 self.complete_row_group()?;
             }
-            if offset < batch.num_rows() {
-                std::thread::yield_now();
+            if offset < total {
+                pause();
             }
         }
         Ok(())
@@ -616,7 +642,9 @@ impl<R: Row> RowWriter<R> {
         if file.rows_in_progress == 0 {
             return Ok(());
         }
-        file.writer.flush().map_err(pq_err(&file.tmp))?;
+        file.writer
+            .flush_group(&mut pause)
+            .map_err(pq_err(&file.tmp))?;
         file.rows_in_groups += file.rows_in_progress as u64;
         file.rows_in_progress = 0;
         file.footer_stale = true;
@@ -669,7 +697,7 @@ impl<R: Row> RowWriter<R> {
         };
         drop(file.journal.take());
         let total = file.rows_in_groups + file.rows_in_progress as u64;
-        file.writer.finish().map_err(pq_err(&file.tmp))?;
+        file.writer.finish(&mut pause).map_err(pq_err(&file.tmp))?;
         if total == 0 {
             let _ = fs::remove_file(&file.tmp);
             remove_sidecars(&file.tmp);

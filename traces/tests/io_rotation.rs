@@ -137,3 +137,27 @@ fn tick_flushes_after_the_interval_so_rows_become_durable() {
     let back: Vec<RequestRow> = read_all(&report.salvaged).unwrap();
     assert_eq!(back, (0..25).map(full_request).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_batch_out_of_time_order_is_sorted_across_its_slices_and_row_groups() {
+    // 8,192 rows (one encoding batch) in reverse time order, with ties: the batch is built
+    // a slice at a time from one time order, and slices straddle row groups of 1,000.
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = WriterOptions::new(dir.path(), "samples", meta());
+    opts.max_rows_per_group = 1000;
+    let mut w = RowWriter::<SampleRow>::create(opts).unwrap();
+    let mut pushed = Vec::new();
+    for i in 0..8192u64 {
+        let mut row = sample(i);
+        row.time_us = 1_733_011_200_000_000 - (i / 3) as i64;
+        pushed.push(row.clone());
+        w.push(row).unwrap();
+    }
+    let files = w.close().unwrap();
+    let groups = row_groups(&files[0]);
+    assert_eq!(groups.iter().sum::<i64>(), 8192);
+    assert!(groups.iter().all(|n| *n <= 1000), "{groups:?}");
+    let mut expected = pushed;
+    expected.sort_by_key(|r| r.time_us); // stable: ties keep their push order
+    assert_eq!(read_all::<SampleRow>(&files).unwrap(), expected);
+}
