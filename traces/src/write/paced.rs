@@ -1,11 +1,12 @@
 //! A Parquet file written a row group at a time whose long steps can be paused between.
 //!
 //! `ArrowWriter` completes a row group in one call: every column's page is encoded,
-//! zstd-compressed and written at once, 10–40 ms for a 32,768-row group of requests. The
-//! proxy's recorder shares a CPU with the event loop it records, and requests waited behind
-//! that burst (the scheduler hands the CPU back only after its slice, a few ms at a time).
-//! Here each column is written and closed on its own, with a `pause` (a yield of the
-//! thread) between columns, so no step is longer than one column's.
+//! zstd-compressed and written at once, several ms of CPU for a 32,768-row group of
+//! requests. The proxy's recorder shares a CPU with the event loop it records, and requests
+//! waited behind that burst (the scheduler hands the CPU back only after its slice, a few
+//! ms at a time). Here the group's columns are closed (encoded and compressed) one at a
+//! time, with a `pause` (a yield of the thread) after each, so no step is longer than one
+//! column's.
 
 use std::fs::File;
 use std::io;
