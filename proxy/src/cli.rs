@@ -70,6 +70,10 @@ pub struct ProxyArgs {
     /// Rows that may wait for the writer; beyond this, rows are dropped (and counted).
     #[arg(long, default_value_t = 65_536)]
     pub queue_capacity: usize,
+    /// The most memory the rows waiting for the writer may hold (their request bodies and
+    /// response bytes, e.g. `256MiB`); beyond this, rows are dropped (and counted).
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    pub queue_max_bytes: u64,
     /// Start a new file once the current one reaches this size (e.g. `256MiB`).
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     pub rotate_size: u64,
@@ -125,6 +129,7 @@ impl ProxyArgs {
         config.capture_content = self.capture_content;
         config.max_parse_bytes = usize::try_from(self.max_parse_bytes).unwrap_or(usize::MAX);
         config.queue_capacity = self.queue_capacity;
+        config.queue_max_bytes = usize::try_from(self.queue_max_bytes).unwrap_or(usize::MAX);
         config.rotate_size_bytes = self.rotate_size;
         config.rotate_age = self.rotate_age;
         config.flush_interval = self.flush_interval;

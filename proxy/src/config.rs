@@ -112,6 +112,10 @@ pub struct ProxyConfig {
     pub max_parse_bytes: usize,
     /// Capacity of the row queue between the hot path and the writer thread.
     pub queue_capacity: usize,
+    /// The most bytes the queued rows may hold (request bodies, response logs): a stalled
+    /// writer must not grow the proxy's memory by the queue's row count times large
+    /// prompts. Beyond it, rows are dropped (and counted).
+    pub queue_max_bytes: usize,
     /// Rotate files at this size.
     pub rotate_size_bytes: u64,
     /// Rotate files at this age.
@@ -168,6 +172,7 @@ impl ProxyConfig {
             capture_max_bytes: 64 * 1024,
             max_parse_bytes: 1 << 20,
             queue_capacity: 65_536,
+            queue_max_bytes: 256 << 20,
             rotate_size_bytes: 256 << 20,
             rotate_age: Duration::from_secs(3600),
             flush_interval: Duration::from_secs(1),

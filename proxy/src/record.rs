@@ -3,7 +3,7 @@
 //! writer fails, rows are dropped and counted, and clients see no change.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -35,7 +35,8 @@ pub trait RowSink: Send {
 }
 
 enum Message {
-    Row(Box<PendingRow>),
+    /// A row and the bytes it holds (counted in `Stats::queue_bytes` while queued).
+    Row(Box<PendingRow>, usize),
     Shutdown,
 }
 
@@ -43,6 +44,7 @@ enum Message {
 pub(crate) struct Recorder {
     sender: SyncSender<Message>,
     stats: Arc<Stats>,
+    max_bytes: usize,
     warned_full: AtomicBool,
 }
 
@@ -82,6 +84,7 @@ impl Recorder {
     pub(crate) fn start(
         factory: SinkFactory,
         capacity: usize,
+        max_bytes: usize,
         stats: Arc<Stats>,
         context: RowContext,
     ) -> Result<(Recorder, WriterThread), SinkError> {
@@ -96,27 +99,39 @@ impl Recorder {
             Recorder {
                 sender: sender.clone(),
                 stats,
+                max_bytes,
                 warned_full: AtomicBool::new(false),
             },
             WriterThread { sender, handle },
         ))
     }
 
-    /// Queues a row without waiting. A full queue or a stopped writer drops it (counted,
-    /// logged once).
+    /// Queues a row without waiting. A full queue (in rows or bytes) or a stopped writer
+    /// drops it (counted, logged once).
     pub(crate) fn record(&self, row: PendingRow) {
-        match self.sender.try_send(Message::Row(Box::new(row))) {
-            Ok(()) => {
-                self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.stats.rows_dropped.fetch_add(1, Ordering::Relaxed);
-                if !self.warned_full.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        "recording queue full or writer stopped: dropping rows (counted in \
-                         retrace_proxy_rows_dropped_total); traffic is not affected"
-                    );
-                }
+        let held = row.held_bytes();
+        let before = self
+            .stats
+            .queue_bytes
+            .fetch_add(held as u64, Ordering::Relaxed);
+        let within = before.saturating_add(held as u64) <= self.max_bytes as u64;
+        let sent = within
+            && self
+                .sender
+                .try_send(Message::Row(Box::new(row), held))
+                .is_ok();
+        if sent {
+            self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stats
+                .queue_bytes
+                .fetch_sub(held as u64, Ordering::Relaxed);
+            self.stats.rows_dropped.fetch_add(1, Ordering::Relaxed);
+            if !self.warned_full.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "recording queue full or writer stopped: dropping rows (counted in \
+                     retrace_proxy_rows_dropped_total); traffic is not affected"
+                );
             }
         }
     }
@@ -182,9 +197,10 @@ fn writer_loop(
             }
         };
         match message {
-            Ok(Message::Row(row)) => {
+            Ok(Message::Row(row, held)) => {
                 rows_since_sleep = rows_since_sleep.saturating_add(1);
                 stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                stats.queue_bytes.fetch_sub(held as u64, Ordering::Relaxed);
                 if sink.is_none() && last_create_attempt.elapsed() >= RETRY_CREATE {
                     last_create_attempt = Instant::now();
                     match factory() {

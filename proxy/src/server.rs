@@ -112,8 +112,13 @@ pub async fn spawn(config: ProxyConfig) -> Result<ProxyHandle, ProxyError> {
         capture_content: config.capture_content,
         capture_max_bytes: config.capture_max_bytes,
     };
-    let (recorder, writer) =
-        Recorder::start(factory, config.queue_capacity, stats.clone(), context)?;
+    let (recorder, writer) = Recorder::start(
+        factory,
+        config.queue_capacity,
+        config.queue_max_bytes,
+        stats.clone(),
+        context,
+    )?;
 
     let connector = UpstreamConnector::new(client_tls, config.connect_timeout);
     let target = http::Uri::builder()

@@ -20,6 +20,8 @@ pub struct ProxyStats {
     pub rows_dropped: u64,
     /// Rows waiting in the queue.
     pub queue_depth: u64,
+    /// Bytes the waiting rows hold (bounded by `queue_max_bytes`).
+    pub queue_bytes: u64,
     /// Bytes of recording written.
     pub bytes_written: u64,
     /// Write errors seen by the writer thread.
@@ -82,6 +84,7 @@ pub(crate) struct Stats {
     pub(crate) rows_written: AtomicU64,
     pub(crate) rows_dropped: AtomicU64,
     pub(crate) queue_depth: AtomicI64,
+    pub(crate) queue_bytes: AtomicU64,
     pub(crate) bytes_written_open: AtomicU64,
     pub(crate) bytes_written_closed: AtomicU64,
     pub(crate) write_errors: AtomicU64,
@@ -99,6 +102,7 @@ impl Stats {
             rows_written: AtomicU64::new(0),
             rows_dropped: AtomicU64::new(0),
             queue_depth: AtomicI64::new(0),
+            queue_bytes: AtomicU64::new(0),
             bytes_written_open: AtomicU64::new(0),
             bytes_written_closed: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
@@ -128,6 +132,7 @@ impl Stats {
             rows_written: self.rows_written.load(Ordering::Relaxed),
             rows_dropped: self.rows_dropped.load(Ordering::Relaxed),
             queue_depth: self.queue_depth.load(Ordering::Relaxed).max(0) as u64,
+            queue_bytes: self.queue_bytes.load(Ordering::Relaxed),
             bytes_written: self.bytes_written_open.load(Ordering::Relaxed)
                 + self.bytes_written_closed.load(Ordering::Relaxed),
             write_errors: self.write_errors.load(Ordering::Relaxed),
@@ -172,6 +177,12 @@ impl Stats {
             "gauge",
             "Rows waiting for the writer.",
             snap.queue_depth,
+        );
+        counter(
+            "retrace_proxy_queue_bytes",
+            "gauge",
+            "Bytes held by the rows waiting for the writer (request bodies, response bytes).",
+            snap.queue_bytes,
         );
         counter(
             "retrace_proxy_bytes_written_total",

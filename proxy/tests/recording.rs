@@ -180,6 +180,57 @@ async fn stalled_writer_does_not_slow_clients_and_recording_resumes() {
     assert!(rows >= 5, "recording resumed");
 }
 
+/// The queue's byte budget binds before its row count: a stalled writer holds at most
+/// `queue_max_bytes` of request bodies and response bytes, not `queue_capacity` prompts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_4_queued_rows_are_bounded_in_bytes_while_the_writer_is_stalled() {
+    let upstream = spawn_upstream(None).await;
+    let out = tempfile::tempdir().unwrap();
+    let sink = MemorySink::default();
+    sink.stall.store(true, Ordering::Relaxed);
+    let mut config = proxy_config(&upstream.url(), out.path());
+    config.queue_capacity = 10_000;
+    config.queue_max_bytes = 64 << 10;
+    sink.install(&mut config);
+    let proxy = retrace_proxy::spawn(config).await.unwrap();
+    let url = format!("http://{}/v1/chat/completions", proxy.local_addr());
+    let client = h1_client();
+    // Each request body is over 4 KiB: at most 16 rows fit in the budget.
+    let prompt = "y ".repeat(2_100);
+    let body = json!({"stream":true,"max_tokens":3,"messages":[{"role":"user","content":prompt}]});
+    tokio::time::timeout(Duration::from_secs(60), async {
+        for _ in 0..40 {
+            let (status, _, bytes) = post(&client, &url, &body, &[]).await;
+            assert_eq!(status, 200);
+            assert!(bytes.ends_with(b"[DONE]\n\n"));
+        }
+    })
+    .await
+    .expect("clients are served while the writer is stalled");
+    let stats = proxy.stats();
+    assert!(stats.queue_bytes <= 64 << 10, "{stats:?}");
+    assert!(
+        stats.queue_bytes >= 8 << 10,
+        "rows are queued up to the budget: {stats:?}"
+    );
+    // The writer took at most one row before blocking.
+    assert!(stats.queue_depth <= 16, "{stats:?}");
+    assert!(stats.rows_dropped >= 40 - 17, "{stats:?}");
+    sink.stall.store(false, Ordering::Relaxed);
+    assert!(wait_for(Duration::from_secs(10), || proxy.stats().queue_depth == 0).await);
+    assert_eq!(
+        proxy.stats().queue_bytes,
+        0,
+        "the writer gives the bytes back"
+    );
+    let stats = proxy.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        sink.rows().len() as u64 + stats.rows_dropped,
+        40,
+        "every request is either a row or counted"
+    );
+}
+
 /// A sink whose first pushes fail, as on a full disk.
 struct FailingSink {
     inner: MemorySink,
