@@ -112,7 +112,7 @@ pub struct ProxyConfig {
     pub max_parse_bytes: usize,
     /// Capacity of the row queue between the hot path and the writer thread.
     pub queue_capacity: usize,
-    /// The most bytes the queued rows may hold (request bodies, response logs): a stalled
+    /// The most bytes the queued rows may hold (request bodies, buffered responses): a stalled
     /// writer must not grow the proxy's memory by the queue's row count times large
     /// prompts. Beyond it, rows are dropped (and counted).
     pub queue_max_bytes: usize,

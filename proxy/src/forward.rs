@@ -24,7 +24,7 @@ use crate::config::ProxyConfig;
 use crate::head::{based_target, Peer, RequestHead};
 use crate::record::Recorder;
 use crate::request_info::{self, RequestInfo};
-use crate::row::{PendingRow, ResponseLog};
+use crate::row::PendingRow;
 use crate::stats::Stats;
 use crate::watch::Busy;
 
@@ -184,8 +184,7 @@ pub(crate) struct Recording {
     /// Already parsed (with `--include-usage`, before sending).
     info: Option<RequestInfo>,
     status: Option<u16>,
-    /// The response body for the observer (run on the writer thread).
-    response: Option<ResponseLog>,
+    observer: Option<StreamObserver>,
     done: bool,
     /// Keeps the client connection busy (not waiting for a head) until the response is
     /// sent or abandoned.
@@ -234,7 +233,7 @@ impl Recording {
             info: self.info.take(),
             status: self.status,
             outcome,
-            response: self.response.take(),
+            observer: self.observer.take(),
             end_us,
         });
     }
@@ -393,8 +392,8 @@ impl Body for ResponseBody {
                         }
                     };
                     let at_us = this.recording.offset_us_at(now.into_std());
-                    if let Some(response) = this.recording.response.as_mut() {
-                        response.feed(data, at_us);
+                    if let Some(observer) = this.recording.observer.as_mut() {
+                        observer.feed(data, at_us);
                     }
                     let Some(splitter) = this.strip.as_mut() else {
                         if ended {
@@ -630,7 +629,7 @@ pub(crate) async fn handle(
         tee: tee.clone(),
         info: None,
         status: None,
-        response: None,
+        observer: None,
         done: false,
         _busy: busy,
     };
@@ -833,7 +832,7 @@ pub(crate) async fn handle(
     if config.capture_content && recognized {
         observer = observer.capture_text(config.capture_max_bytes);
     }
-    recording.response = Some(ResponseLog::new(observer));
+    recording.observer = Some(observer);
     let total_us = u64::try_from(arrival.elapsed().as_micros()).unwrap_or(u64::MAX);
     shared
         .stats

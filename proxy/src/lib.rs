@@ -57,7 +57,7 @@ pub mod fuzzing {
 
     use retrace_traces::{Endpoint, Outcome, RequestRow, StreamObserver};
 
-    use crate::row::{PendingRow, ResponseLog, RowContext};
+    use crate::row::{PendingRow, RowContext};
 
     /// The request-shape extractor end to end: `body` as a request to `path` is parsed
     /// (as the hot path and the writer thread do), rewritten for `include_usage`, and
@@ -70,10 +70,10 @@ pub mod fuzzing {
             // The rewrite must stay a parseable request.
             assert!(crate::request_info::parse(&endpoint, &rewritten).is_some());
         }
-        let mut log = ResponseLog::new(StreamObserver::new(endpoint.clone()).capture_text(64));
+        let mut observer = StreamObserver::new(endpoint.clone()).capture_text(64);
         let half = response.len() / 2;
-        log.feed(&response[..half], 10);
-        log.feed(&response[half..], 20);
+        observer.feed(&response[..half], 10);
+        observer.feed(&response[half..], 20);
         let pending = PendingRow {
             request_id: "fuzz".into(),
             session_id: None,
@@ -85,7 +85,7 @@ pub mod fuzzing {
             info: None,
             status: Some(200),
             outcome: Outcome::Ok,
-            response: Some(log),
+            observer: Some(observer),
             end_us: 30,
         };
         let context = RowContext {

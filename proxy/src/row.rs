@@ -23,90 +23,19 @@ pub(crate) struct PendingRow {
     pub(crate) info: Option<RequestInfo>,
     pub(crate) status: Option<u16>,
     pub(crate) outcome: Outcome,
-    pub(crate) response: Option<ResponseLog>,
+    pub(crate) observer: Option<StreamObserver>,
     /// Offset of the end, µs from arrival.
     pub(crate) end_us: u64,
 }
 
 impl PendingRow {
-    /// The memory the row holds while it waits for the writer: itself and its buffers.
+    /// The memory the row holds while it waits for the writer: itself, its request body
+    /// and what the stream observer keeps (a JSON body, captured text, the chunk gaps).
     pub(crate) fn held_bytes(&self) -> usize {
         std::mem::size_of::<PendingRow>()
             + self.request_id.capacity()
             + self.request_body.as_ref().map_or(0, Vec::capacity)
-            + self.response.as_ref().map_or(0, ResponseLog::held_bytes)
-    }
-}
-
-/// The most response bytes a request keeps for the writer thread to observe. Beyond it,
-/// the rest of the body is observed on the hot path as it passes, so a long stream holds
-/// no more than this (a short reply, most of them, never costs the hot path its parse).
-pub(crate) const RESPONSE_LOG_MAX_BYTES: usize = 8 << 10;
-
-/// A response body on its way to the stream observer. The hot path copies each chunk and
-/// its arrival offset here, and the writer thread feeds them to the observer when it
-/// builds the row: the same calls, in the same order, as feeding them on arrival, so the
-/// row is the same (`a_logged_response_observes_as_fed_on_arrival`), but the parse is off
-/// the path between the upstream's bytes and the client's (on the 18-event benchmark
-/// stream it was ~9.5k of the event loop's ~45k instructions a request).
-#[derive(Debug)]
-pub(crate) struct ResponseLog {
-    observer: StreamObserver,
-    bytes: Vec<u8>,
-    /// Each chunk's end in `bytes` and its arrival offset (µs).
-    chunks: Vec<(usize, u64)>,
-    /// Past the byte cap: chunks go straight to the observer.
-    inline: bool,
-}
-
-impl ResponseLog {
-    pub(crate) fn new(observer: StreamObserver) -> ResponseLog {
-        ResponseLog {
-            observer,
-            bytes: Vec::new(),
-            chunks: Vec::new(),
-            inline: false,
-        }
-    }
-
-    /// The next body chunk as it came off the wire, with its arrival offset.
-    pub(crate) fn feed(&mut self, chunk: &[u8], at_us: u64) {
-        if !self.inline {
-            if self.bytes.len() + chunk.len() <= RESPONSE_LOG_MAX_BYTES {
-                if self.bytes.is_empty() {
-                    self.bytes.reserve(chunk.len().max(4 << 10));
-                }
-                self.bytes.extend_from_slice(chunk);
-                self.chunks.push((self.bytes.len(), at_us));
-                return;
-            }
-            self.replay();
-            self.inline = true;
-        }
-        self.observer.feed(chunk, at_us);
-    }
-
-    /// The memory the log holds (what it adds to a queued row).
-    pub(crate) fn held_bytes(&self) -> usize {
-        std::mem::size_of::<StreamObserver>()
-            + self.bytes.capacity()
-            + self.chunks.capacity() * std::mem::size_of::<(usize, u64)>()
-    }
-
-    /// Feeds what is logged to the observer and frees the log.
-    fn replay(&mut self) {
-        let bytes = std::mem::take(&mut self.bytes);
-        let mut start = 0;
-        for (end, at_us) in std::mem::take(&mut self.chunks) {
-            self.observer.feed(&bytes[start..end], at_us);
-            start = end;
-        }
-    }
-
-    /// The observer, fed the whole body (on the writer thread).
-    pub(crate) fn into_observer(mut self) -> StreamObserver {
-        self.replay();
-        self.observer
+            + self.observer.as_ref().map_or(0, StreamObserver::held_bytes)
     }
 }
 
@@ -142,9 +71,7 @@ impl PendingRow {
                 .filter(|_| recognized)
                 .and_then(|body| request_info::parse(&self.endpoint, body))
         });
-        let observation = self
-            .response
-            .map(|log| log.into_observer().finish(self.end_us));
+        let observation = self.observer.map(|obs| obs.finish(self.end_us));
         let info = info.unwrap_or_default();
 
         let mut prompt_tokens = None;
@@ -224,62 +151,6 @@ impl PendingRow {
             response_text: content
                 .filter(|_| ctx.capture_content)
                 .and_then(|o| o.text.clone()),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-    use retrace_traces::Endpoint;
-
-    fn event(i: usize, chat: bool) -> String {
-        if chat {
-            format!(
-                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" w{i}\"}}}}]}}\n\n"
-            )
-        } else {
-            format!("data: {{\"choices\":[{{\"index\":0,\"text\":\" w{i}\"}}]}}\n\n")
-        }
-    }
-
-    proptest! {
-        /// Short bodies (all logged), long ones (logged, then observed inline past the
-        /// cap) and cuts anywhere: the observation is what feeding on arrival gives.
-        #[test]
-        fn a_logged_response_observes_as_fed_on_arrival(
-            events in 0usize..400,
-            chat in any::<bool>(),
-            cuts in proptest::collection::vec(1usize..700, 1..64),
-            capture in any::<bool>(),
-        ) {
-            let endpoint = if chat { Endpoint::Chat } else { Endpoint::Completions };
-            let mut body = String::new();
-            for i in 0..events {
-                body.push_str(&event(i, chat));
-            }
-            body.push_str("data: [DONE]\n\n");
-            let make = || {
-                let observer = StreamObserver::new(endpoint.clone());
-                if capture { observer.capture_text(1 << 20) } else { observer }
-            };
-            let mut direct = make();
-            let mut log = ResponseLog::new(make());
-            let (mut at, mut at_us, mut i) = (0, 1_000u64, 0);
-            while at < body.len() {
-                let end = (at + cuts[i % cuts.len()]).min(body.len());
-                direct.feed(&body.as_bytes()[at..end], at_us);
-                log.feed(&body.as_bytes()[at..end], at_us);
-                at = end;
-                at_us += 250;
-                i += 1;
-            }
-            let logged_inline = log.inline;
-            prop_assert_eq!(logged_inline, body.len() > RESPONSE_LOG_MAX_BYTES);
-            let expected = direct.finish(at_us);
-            prop_assert_eq!(log.into_observer().finish(at_us), expected.clone());
-            prop_assert_eq!(expected.chunk_count, events as u32);
         }
     }
 }

@@ -142,6 +142,15 @@ impl StreamObserver {
         self
     }
 
+    /// About how much heap memory the observer holds: a buffered JSON body, captured
+    /// text, the chunk gaps (for bounding queues of finished rows).
+    pub fn held_bytes(&self) -> usize {
+        self.prelude.capacity()
+            + self.json_body.capacity()
+            + self.gaps_us.capacity() * std::mem::size_of::<u64>()
+            + self.obs.text.as_ref().map_or(0, String::capacity)
+    }
+
     /// The endpoint this observer was made for.
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
