@@ -139,6 +139,25 @@ async fn client_cancellation_is_recorded_with_tokens_so_far() {
     proxy.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
+type H1Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+/// Sends `n` streaming requests one after another, each answered in full, within 60 s in
+/// all: the hot path must not wait for a stalled writer.
+async fn stream_while_stalled(client: &H1Client, url: &str, body: &serde_json::Value, n: usize) {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        for _ in 0..n {
+            let (status, _, bytes) = post(client, url, body, &[]).await;
+            assert_eq!(status, 200);
+            assert!(bytes.ends_with(b"[DONE]\n\n"));
+        }
+    })
+    .await
+    .expect("clients are served while the writer is stalled");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_writer_does_not_slow_clients_and_recording_resumes() {
     let upstream = spawn_upstream(None).await;
@@ -153,15 +172,7 @@ async fn stalled_writer_does_not_slow_clients_and_recording_resumes() {
     let client = h1_client();
     let body = json!({"stream":true,"max_tokens":3,"messages":[{"role":"user","content":"x"}]});
     // The writer is blocked for good: if the hot path waited for it, these would hang.
-    tokio::time::timeout(Duration::from_secs(60), async {
-        for _ in 0..60 {
-            let (status, _, bytes) = post(&client, &url, &body, &[]).await;
-            assert_eq!(status, 200);
-            assert!(bytes.ends_with(b"[DONE]\n\n"));
-        }
-    })
-    .await
-    .expect("clients are served while the writer is stalled");
+    stream_while_stalled(&client, &url, &body, 60).await;
     let stats = proxy.stats();
     // The writer took at most one row before blocking, the queue holds 8.
     assert!(stats.rows_dropped >= 60 - 9, "{stats:?}");
@@ -198,15 +209,7 @@ async fn issue_4_queued_rows_are_bounded_in_bytes_while_the_writer_is_stalled() 
     // Each request body is over 4 KiB: at most 16 rows fit in the budget.
     let prompt = "y ".repeat(2_100);
     let body = json!({"stream":true,"max_tokens":3,"messages":[{"role":"user","content":prompt}]});
-    tokio::time::timeout(Duration::from_secs(60), async {
-        for _ in 0..40 {
-            let (status, _, bytes) = post(&client, &url, &body, &[]).await;
-            assert_eq!(status, 200);
-            assert!(bytes.ends_with(b"[DONE]\n\n"));
-        }
-    })
-    .await
-    .expect("clients are served while the writer is stalled");
+    stream_while_stalled(&client, &url, &body, 40).await;
     let stats = proxy.stats();
     assert!(stats.queue_bytes <= 64 << 10, "{stats:?}");
     assert!(
