@@ -204,13 +204,21 @@ impl Recording {
     }
 
     fn finish(&mut self, outcome: Outcome) {
+        self.finish_after(outcome, None);
+    }
+
+    /// [`Recording::finish`] with the response's last frame (and its arrival offset) not yet
+    /// fed to the observer. The frame's observation and the row's hand-over then run in a
+    /// task of their own, after this connection has written the frame: when a whole
+    /// response arrives in one read (a non-streamed answer, a stream's tail), observing it
+    /// is most of a request's recording work, and the client need not wait for it.
+    fn finish_after(&mut self, outcome: Outcome, last: Option<(Bytes, u64)>) {
         if self.done {
             return;
         }
         self.done = true;
         let end_us = self.offset_us();
         let shared = self.shared.clone();
-        shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         shared.stats.finished(self.status, outcome);
         // Only moves here: parsing, tokenizing and hashing happen on the writer thread.
         let (request_bytes, body) = match self.tee.lock() {
@@ -223,7 +231,7 @@ impl Recording {
             }
             Err(_) => (None, None),
         };
-        shared.recorder.record(PendingRow {
+        let row = PendingRow {
             request_id: std::mem::take(&mut self.request_id),
             session_id: self.session_id.take(),
             arrival_us: self.arrival_us,
@@ -235,7 +243,43 @@ impl Recording {
             outcome,
             observer: self.observer.take(),
             end_us,
-        });
+        };
+        let handover = RowHandover {
+            shared,
+            row: Some(row),
+            last,
+        };
+        match tokio::runtime::Handle::try_current() {
+            // Spawned from inside the connection's poll, the task runs once that poll has
+            // returned, that is after hyper has flushed the frame.
+            Ok(runtime) if handover.last.is_some() => drop(runtime.spawn(async move {
+                drop(handover);
+            })),
+            _ => drop(handover),
+        }
+    }
+}
+
+/// A finished request's row on its way to the recorder, with the response's last frame
+/// still to observe. Dropping it does the work, so a task that a shutting-down runtime
+/// drops without running still records its row; the request counts as in flight until
+/// then, so a graceful shutdown waits for it.
+struct RowHandover {
+    shared: Arc<Shared>,
+    row: Option<PendingRow>,
+    last: Option<(Bytes, u64)>,
+}
+
+impl Drop for RowHandover {
+    fn drop(&mut self) {
+        let Some(mut row) = self.row.take() else {
+            return;
+        };
+        if let (Some((data, at_us)), Some(observer)) = (self.last.take(), row.observer.as_mut()) {
+            observer.feed(&data, at_us);
+        }
+        self.shared.recorder.record(row);
+        self.shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -314,9 +358,10 @@ pub(crate) struct ResponseBody {
 struct IdleTimeout;
 
 impl ResponseBody {
-    /// The upstream body ended: records the row and returns what the splitter still
-    /// holds (an event without its final blank line), to be forwarded as is.
-    fn end(&mut self) -> Option<Bytes> {
+    /// The upstream body ended: records the row (after observing `last`, the last frame,
+    /// when the proxy has not yet) and returns what the splitter still holds (an event
+    /// without its final blank line), to be forwarded as is.
+    fn end(&mut self, last: Option<(Bytes, u64)>) -> Option<Bytes> {
         self.finished = true;
         let tail = self
             .strip
@@ -330,8 +375,8 @@ impl ResponseBody {
             .recording
             .status
             .is_some_and(|s| (200..300).contains(&s));
-        self.recording
-            .finish(if ok { Outcome::Ok } else { Outcome::HttpError });
+        let outcome = if ok { Outcome::Ok } else { Outcome::HttpError };
+        self.recording.finish_after(outcome, last);
         tail
     }
 }
@@ -341,7 +386,7 @@ impl Drop for ResponseBody {
         // hyper never polls a body it knows is empty (Content-Length: 0, e.g. a 200 from
         // /health): that response ended normally, it was not cancelled by the client.
         if !self.finished && self.inner.is_end_stream() {
-            self.end();
+            self.end(None);
         }
     }
 }
@@ -379,7 +424,7 @@ impl Body for ResponseBody {
                             Err(other) => Some(other),
                         };
                         if ended {
-                            if let Some(tail) = this.end() {
+                            if let Some(tail) = this.end(None) {
                                 // What the splitter still held goes before the trailers.
                                 this.held_trailers = frame;
                                 return Poll::Ready(Some(Ok(Frame::data(tail))));
@@ -392,12 +437,14 @@ impl Body for ResponseBody {
                         }
                     };
                     let at_us = this.recording.offset_us_at(now.into_std());
-                    if let Some(observer) = this.recording.observer.as_mut() {
+                    if ended {
+                        // Observed after the client has it (`Recording::finish_after`).
+                    } else if let Some(observer) = this.recording.observer.as_mut() {
                         observer.feed(data, at_us);
                     }
                     let Some(splitter) = this.strip.as_mut() else {
                         if ended {
-                            this.end();
+                            this.end(Some((data.clone(), at_us)));
                         }
                         return Poll::Ready(Some(Ok(frame)));
                     };
@@ -408,7 +455,7 @@ impl Body for ResponseBody {
                         }
                     });
                     if ended {
-                        if let Some(tail) = this.end() {
+                        if let Some(tail) = this.end(Some((data.clone(), at_us))) {
                             kept.extend_from_slice(&tail);
                         }
                     }
@@ -426,7 +473,7 @@ impl Body for ResponseBody {
                     return Poll::Ready(Some(Err(err.into())));
                 }
                 Poll::Ready(None) => {
-                    let tail = this.end();
+                    let tail = this.end(None);
                     return Poll::Ready(tail.map(|t| Ok(Frame::data(t))));
                 }
                 Poll::Pending => {
