@@ -907,6 +907,121 @@ pub(crate) async fn handle(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::config::{SinkFactory, Upstream};
+    use crate::connector::UpstreamConnector;
+    use crate::record::{RowSink, SinkError, WriterThread};
+    use crate::row::RowContext;
+    use retrace_traces::RequestRow;
+
+    /// Rows kept in memory.
+    #[derive(Clone, Default)]
+    struct Rows(Arc<Mutex<Vec<RequestRow>>>);
+
+    impl RowSink for Rows {
+        fn push(&mut self, row: RequestRow) -> Result<(), SinkError> {
+            self.0.lock().unwrap().push(row);
+            Ok(())
+        }
+        fn tick(&mut self) -> Result<(), SinkError> {
+            Ok(())
+        }
+        fn buffered_rows(&self) -> u64 {
+            0
+        }
+        fn bytes_written(&self) -> u64 {
+            0
+        }
+        fn close(self: Box<Self>) -> Result<u64, SinkError> {
+            Ok(0)
+        }
+    }
+
+    /// A proxy's shared state with its recorder writing into `rows` (no listener, and an
+    /// upstream that is never dialled).
+    fn shared_into(rows: &Rows) -> (Arc<Shared>, WriterThread) {
+        let upstream = Upstream::parse("http://127.0.0.1:9").unwrap();
+        let config = ProxyConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            upstream,
+            std::path::PathBuf::from("unused"),
+        );
+        let stats = Arc::new(Stats::new());
+        let sink = rows.clone();
+        let factory: SinkFactory = Arc::new(move || Ok(Box::new(sink.clone()) as Box<dyn RowSink>));
+        let context = RowContext {
+            tokenizer: None,
+            block_tokens: 512,
+            capture_content: false,
+            capture_max_bytes: 0,
+        };
+        let (recorder, writer) =
+            Recorder::start(factory, 16, 1 << 20, stats.clone(), context).unwrap();
+        let client = UpstreamClient::new(
+            UpstreamConnector::new(None, Duration::from_secs(1)),
+            http::Uri::from_static("http://127.0.0.1:9/"),
+            Duration::from_secs(4),
+            4,
+        );
+        let shared = Arc::new(Shared {
+            config,
+            upstream: client,
+            recorder,
+            stats,
+            id_prefix: "t".into(),
+            id_counter: AtomicU64::new(0),
+            upstream_host: None,
+            start_us: 0,
+            start: Instant::now(),
+        });
+        (shared, writer)
+    }
+
+    /// The hand-over of a response's last frame runs in a task of its own; a runtime that
+    /// shuts down before running that task drops it, and the drop must still observe the
+    /// frame and record the row (a graceful shutdown loses no rows).
+    #[test]
+    fn issue_4_a_row_handover_dropped_unrun_still_observes_its_last_frame_and_records() {
+        let rows = Rows::default();
+        let (shared, writer) = shared_into(&rows);
+        shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let row = PendingRow {
+            request_id: "t-0".into(),
+            session_id: None,
+            arrival_us: 0,
+            endpoint: Endpoint::Completions,
+            request_bytes: Some(2),
+            request_body: None,
+            info: None,
+            status: Some(200),
+            outcome: Outcome::Ok,
+            observer: Some(StreamObserver::new(Endpoint::Completions)),
+            end_us: 900,
+        };
+        let last = Bytes::from_static(
+            b"data: {\"choices\":[{\"index\":0,\"text\":\"a\"}]}\n\n\
+              data: {\"choices\":[{\"index\":0,\"text\":\"b\",\"finish_reason\":\"stop\"}]}\n\n\
+              data: [DONE]\n\n",
+        );
+        let handover = RowHandover {
+            shared: shared.clone(),
+            row: Some(row),
+            last: Some((last, 800)),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        drop(runtime.spawn(async move { drop(handover) }));
+        assert_eq!(shared.stats.in_flight.load(Ordering::Relaxed), 1);
+        drop(runtime); // shut down without ever polling the task
+        assert_eq!(shared.stats.in_flight.load(Ordering::Relaxed), 0);
+        writer.stop();
+        let rows = rows.0.lock().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].request_id, "t-0");
+        assert_eq!(rows[0].output_tokens, Some(2));
+        assert_eq!(rows[0].ttft_us, Some(800));
+        assert_eq!(rows[0].finish_reason.as_deref(), Some("stop"));
+    }
 
     #[test]
     fn request_ids_are_zero_padded_to_ten_digits() {
