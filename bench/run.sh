@@ -8,6 +8,7 @@
 #                           report to $BENCH_OUT (default: a temporary file)
 #
 # Environment: BENCH_ONLY="proxy fidelity recorder rss analyzer sim" (a subset),
+# BENCH_RUNS=N (repetitions of every cell; default 5 full, 3 quick, 1 smoke),
 # BENCH_PROFILE=release|debug, BENCH_NO_BUILD=1, BENCH_BIN_DIR, RETRACE_BIN, BENCH_OUT,
 # BENCH_KEEP=1 (keep the work dir), BENCH_RESULTS_COPY=FILE (the raw results.jsonl).
 #
@@ -23,7 +24,7 @@ case "${1:-}" in
   --quick) MODE=quick ;;
   --smoke) MODE=smoke ;;
   "") ;;
-  -h|--help) sed -n 2,13p "$0"; exit 0 ;;
+  -h|--help) sed -n 2,14p "$0"; exit 0 ;;
   *) echo "usage: bench/run.sh [--quick|--smoke]" >&2; exit 2 ;;
 esac
 
@@ -48,6 +49,11 @@ case $MODE in
   smoke) RUNS=1; WRK_S=1;  TTFB_N=20;   FID_S=2;  FID_LEVELS="10"; FID_RATES="20"
          REC_ROWS=20000;    RSS_REQS=500;     AN_ROWS=20000;     SIM_STREAMS=20;   SIM_TOKENS=20;  PROFILE=${BENCH_PROFILE:-debug} ;;
 esac
+# More repetitions tighten the medians of noisy cells (the p99s on a shared host).
+if [[ -n ${BENCH_RUNS:-} ]]; then
+  [[ $BENCH_RUNS =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_RUNS must be a positive integer, got '$BENCH_RUNS'" >&2; exit 2; }
+  RUNS=$BENCH_RUNS
+fi
 if [[ $MODE == smoke ]]; then
   OUT_DOC=${BENCH_OUT:-$WORK/benchmarks.md}
 else
