@@ -17,6 +17,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use retrace_traces::sse::{is_usage_only, EventSplitter};
 use retrace_traces::{Endpoint, Outcome, StreamObserver};
+use tokio::sync::mpsc;
 use tokio::time::Sleep;
 
 use crate::client::{UpstreamBody, UpstreamClient};
@@ -44,6 +45,25 @@ pub(crate) struct Shared {
     /// Wall clock (UTC µs) and monotonic instant at the proxy's start, for scaled times.
     pub(crate) start_us: i64,
     pub(crate) start: Instant,
+    /// Rows whose response's last frame is still to observe (`Recording::finish_after`).
+    pub(crate) handovers: Handovers,
+}
+
+/// The queue of [`RowHandover`]s, worked through in order by [`handover_queue`]'s task.
+pub(crate) type Handovers = mpsc::UnboundedSender<RowHandover>;
+
+/// A queue of row hand-overs and the task that works through it. One queue, not a task a
+/// row: rows reach the recorder in the order their responses ended (a spawned task a row
+/// could run out of order on a multi-threaded runtime). Dropping the task (a runtime
+/// shutting down, an abort) drops what is queued, and each hand-over still does its work.
+pub(crate) fn handover_queue() -> (Handovers, impl Future<Output = ()> + Send + 'static) {
+    let (sender, mut receiver) = mpsc::unbounded_channel::<RowHandover>();
+    let task = async move {
+        while let Some(handover) = receiver.recv().await {
+            drop(handover);
+        }
+    };
+    (sender, task)
 }
 
 impl Shared {
@@ -249,22 +269,22 @@ impl Recording {
             row: Some(row),
             last,
         };
-        match tokio::runtime::Handle::try_current() {
-            // Spawned from inside the connection's poll, the task runs once that poll has
-            // returned, that is after hyper has flushed the frame.
-            Ok(runtime) if handover.last.is_some() => drop(runtime.spawn(async move {
-                drop(handover);
-            })),
-            _ => drop(handover),
+        if handover.last.is_some() {
+            // Queued from inside the connection's poll, it is handled once that poll has
+            // returned, that is after hyper has flushed the frame. A closed queue hands the
+            // hand-over back, and dropping it does the work now.
+            let _ = self.shared.handovers.send(handover);
+        } else {
+            drop(handover);
         }
     }
 }
 
 /// A finished request's row on its way to the recorder, with the response's last frame
-/// still to observe. Dropping it does the work, so a task that a shutting-down runtime
-/// drops without running still records its row; the request counts as in flight until
-/// then, so a graceful shutdown waits for it.
-struct RowHandover {
+/// still to observe. Dropping it does the work, so a queue that a shutting-down runtime
+/// drops unread still records its rows; the request counts as in flight until then, so a
+/// graceful shutdown waits for it.
+pub(crate) struct RowHandover {
     shared: Arc<Shared>,
     row: Option<PendingRow>,
     last: Option<(Bytes, u64)>,
@@ -937,8 +957,14 @@ mod tests {
     }
 
     /// A proxy's shared state with its recorder writing into `rows` (no listener, and an
-    /// upstream that is never dialled).
-    fn shared_into(rows: &Rows) -> (Arc<Shared>, WriterThread) {
+    /// upstream that is never dialled), and its hand-over queue's task, not started.
+    fn shared_into(
+        rows: &Rows,
+    ) -> (
+        Arc<Shared>,
+        WriterThread,
+        impl Future<Output = ()> + Send + 'static,
+    ) {
         let upstream = Upstream::parse("http://127.0.0.1:9").unwrap();
         let config = ProxyConfig::new(
             "127.0.0.1:0".parse().unwrap(),
@@ -962,6 +988,7 @@ mod tests {
             Duration::from_secs(4),
             4,
         );
+        let (handovers, queue) = handover_queue();
         let shared = Arc::new(Shared {
             config,
             upstream: client,
@@ -972,17 +999,18 @@ mod tests {
             upstream_host: None,
             start_us: 0,
             start: Instant::now(),
+            handovers,
         });
-        (shared, writer)
+        (shared, writer, queue)
     }
 
-    /// The hand-over of a response's last frame runs in a task of its own; a runtime that
-    /// shuts down before running that task drops it, and the drop must still observe the
-    /// frame and record the row (a graceful shutdown loses no rows).
+    /// The hand-over of a response's last frame waits in a queue worked by a task; a
+    /// runtime that shuts down before running that task drops it, and the drop must still
+    /// observe the frame and record the row (a graceful shutdown loses no rows).
     #[test]
     fn issue_4_a_row_handover_dropped_unrun_still_observes_its_last_frame_and_records() {
         let rows = Rows::default();
-        let (shared, writer) = shared_into(&rows);
+        let (shared, writer, queue) = shared_into(&rows);
         shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let row = PendingRow {
             request_id: "t-0".into(),
@@ -1010,7 +1038,8 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        drop(runtime.spawn(async move { drop(handover) }));
+        drop(runtime.spawn(queue));
+        assert!(shared.handovers.send(handover).is_ok());
         assert_eq!(shared.stats.in_flight.load(Ordering::Relaxed), 1);
         drop(runtime); // shut down without ever polling the task
         assert_eq!(shared.stats.in_flight.load(Ordering::Relaxed), 0);

@@ -132,6 +132,7 @@ pub async fn spawn(config: ProxyConfig) -> Result<ProxyHandle, ProxyError> {
     // server does, which avoids most races with a server closing one as it is reused.
     let upstream = UpstreamClient::new(connector, target, Duration::from_secs(4), 1024);
     let upstream_host = http::HeaderValue::from_str(config.upstream.authority.as_str()).ok();
+    let (handovers, handover_task) = forward::handover_queue();
     let shared = Arc::new(Shared {
         config,
         upstream,
@@ -142,9 +143,13 @@ pub async fn spawn(config: ProxyConfig) -> Result<ProxyHandle, ProxyError> {
         upstream_host,
         start_us: forward::now_us(),
         start: std::time::Instant::now(),
+        handovers,
     });
 
     let mut side_tasks = Vec::new();
+    // Aborted only after a graceful shutdown has seen no request in flight, that is an
+    // empty queue (a queued row still counts as in flight).
+    side_tasks.push(tokio::spawn(handover_task));
     side_tasks.push(tokio::spawn(shared.upstream.reaper()));
     if let Some(resolver) = resolver {
         side_tasks.push(tokio::spawn(watch_certificates(resolver)));
