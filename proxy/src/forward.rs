@@ -37,8 +37,8 @@ pub(crate) struct Shared {
     pub(crate) upstream: UpstreamClient,
     pub(crate) recorder: Recorder,
     pub(crate) stats: Arc<Stats>,
-    /// Random hex prefix of this process's request ids.
-    pub(crate) id_prefix: String,
+    /// Numbers the requests; the writer thread makes each number an id
+    /// ([`RowContext::id_prefix`](crate::row::RowContext)).
     pub(crate) id_counter: AtomicU64,
     /// The upstream's `Host` (unless `--preserve-host`), made once.
     pub(crate) upstream_host: Option<HeaderValue>,
@@ -67,28 +67,9 @@ pub(crate) fn handover_queue() -> (Handovers, impl Future<Output = ()> + Send + 
 }
 
 impl Shared {
-    fn next_request_id(&self) -> String {
-        // `<random per-process prefix>-<counter>`: unique across the recordings of many
-        // proxies (pods) merged together, and nearly sorted within one, so the column
-        // (DELTA_BYTE_ARRAY) costs about a byte a row instead of nine for random ids.
-        request_id(
-            &self.id_prefix,
-            self.id_counter.fetch_add(1, Ordering::Relaxed),
-        )
+    fn next_request_number(&self) -> u64 {
+        self.id_counter.fetch_add(1, Ordering::Relaxed)
     }
-}
-
-/// `<prefix>-<n>`, `n` in at least ten decimal digits (zero-padded).
-fn request_id(prefix: &str, n: u64) -> String {
-    let digits = n.to_string();
-    let mut id = String::with_capacity(prefix.len() + 1 + digits.len().max(10));
-    id.push_str(prefix);
-    id.push('-');
-    for _ in digits.len()..10 {
-        id.push('0');
-    }
-    id.push_str(&digits);
-    id
 }
 
 /// The request body as captured for parsing.
@@ -195,7 +176,7 @@ impl Body for ForwardBody {
 /// error, or by being dropped (the client went away).
 pub(crate) struct Recording {
     shared: Arc<Shared>,
-    request_id: String,
+    request_number: u64,
     session_id: Option<String>,
     arrival: Instant,
     arrival_us: i64,
@@ -204,7 +185,8 @@ pub(crate) struct Recording {
     /// Already parsed (with `--include-usage`, before sending).
     info: Option<RequestInfo>,
     status: Option<u16>,
-    observer: Option<StreamObserver>,
+    /// Boxed: the observer is ~500 bytes, and the recording moves with the response body.
+    observer: Option<Box<StreamObserver>>,
     done: bool,
     /// Keeps the client connection busy (not waiting for a head) until the response is
     /// sent or abandoned.
@@ -251,8 +233,10 @@ impl Recording {
             }
             Err(_) => (None, None),
         };
-        let row = PendingRow {
-            request_id: std::mem::take(&mut self.request_id),
+        // Boxed once here: the row then moves through the hand-over queue and the
+        // recorder's channel as a pointer, not a copy each step.
+        let row = Box::new(PendingRow {
+            request_number: self.request_number,
             session_id: self.session_id.take(),
             arrival_us: self.arrival_us,
             endpoint: self.endpoint.clone(),
@@ -263,7 +247,7 @@ impl Recording {
             outcome,
             observer: self.observer.take(),
             end_us,
-        };
+        });
         let handover = RowHandover {
             shared,
             row: Some(row),
@@ -286,7 +270,7 @@ impl Recording {
 /// graceful shutdown waits for it.
 pub(crate) struct RowHandover {
     shared: Arc<Shared>,
-    row: Option<PendingRow>,
+    row: Option<Box<PendingRow>>,
     last: Option<(Bytes, u64)>,
 }
 
@@ -688,7 +672,7 @@ pub(crate) async fn handle(
     let tee = Arc::new(Mutex::new(Tee::default()));
     let mut recording = Recording {
         shared: shared.clone(),
-        request_id: shared.next_request_id(),
+        request_number: shared.next_request_number(),
         session_id,
         arrival,
         arrival_us,
@@ -899,7 +883,7 @@ pub(crate) async fn handle(
     if config.capture_content && recognized {
         observer = observer.capture_text(config.capture_max_bytes);
     }
-    recording.observer = Some(observer);
+    recording.observer = Some(Box::new(observer));
     let total_us = u64::try_from(arrival.elapsed().as_micros()).unwrap_or(u64::MAX);
     shared
         .stats
@@ -979,6 +963,7 @@ mod tests {
             block_tokens: 512,
             capture_content: false,
             capture_max_bytes: 0,
+            id_prefix: "t".into(),
         };
         let (recorder, writer) =
             Recorder::start(factory, 16, 1 << 20, stats.clone(), context).unwrap();
@@ -994,7 +979,6 @@ mod tests {
             upstream: client,
             recorder,
             stats,
-            id_prefix: "t".into(),
             id_counter: AtomicU64::new(0),
             upstream_host: None,
             start_us: 0,
@@ -1012,8 +996,8 @@ mod tests {
         let rows = Rows::default();
         let (shared, writer, queue) = shared_into(&rows);
         shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        let row = PendingRow {
-            request_id: "t-0".into(),
+        let row = Box::new(PendingRow {
+            request_number: 0,
             session_id: None,
             arrival_us: 0,
             endpoint: Endpoint::Completions,
@@ -1022,9 +1006,9 @@ mod tests {
             info: None,
             status: Some(200),
             outcome: Outcome::Ok,
-            observer: Some(StreamObserver::new(Endpoint::Completions)),
+            observer: Some(Box::new(StreamObserver::new(Endpoint::Completions))),
             end_us: 900,
-        };
+        });
         let last = Bytes::from_static(
             b"data: {\"choices\":[{\"index\":0,\"text\":\"a\"}]}\n\n\
               data: {\"choices\":[{\"index\":0,\"text\":\"b\",\"finish_reason\":\"stop\"}]}\n\n\
@@ -1046,19 +1030,10 @@ mod tests {
         writer.stop();
         let rows = rows.0.lock().unwrap();
         assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].request_id, "t-0");
+        assert_eq!(rows[0].request_id, "t-0000000000");
         assert_eq!(rows[0].output_tokens, Some(2));
         assert_eq!(rows[0].ttft_us, Some(800));
         assert_eq!(rows[0].finish_reason.as_deref(), Some("stop"));
-    }
-
-    #[test]
-    fn request_ids_are_zero_padded_to_ten_digits() {
-        assert_eq!(request_id("ab12", 0), "ab12-0000000000");
-        assert_eq!(request_id("ab12", 7), "ab12-0000000007");
-        assert_eq!(request_id("ab12", 9_876_543_210), "ab12-9876543210");
-        assert_eq!(request_id("ab12", 12_345_678_901), "ab12-12345678901");
-        assert_eq!(request_id("x", u64::MAX), format!("x-{}", u64::MAX));
     }
 
     #[test]

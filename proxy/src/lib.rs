@@ -75,7 +75,7 @@ pub mod fuzzing {
         observer.feed(&response[..half], 10);
         observer.feed(&response[half..], 20);
         let pending = PendingRow {
-            request_id: "fuzz".into(),
+            request_number: 0,
             session_id: None,
             arrival_us: 0,
             endpoint,
@@ -85,7 +85,7 @@ pub mod fuzzing {
             info: None,
             status: Some(200),
             outcome: Outcome::Ok,
-            observer: Some(observer),
+            observer: Some(Box::new(observer)),
             end_us: 30,
         };
         let context = RowContext {
@@ -93,6 +93,7 @@ pub mod fuzzing {
             block_tokens: 4,
             capture_content: true,
             capture_max_bytes: 64,
+            id_prefix: "fuzz".into(),
         };
         pending.build(&context)
     }

@@ -108,18 +108,14 @@ impl Recorder {
 
     /// Queues a row without waiting. A full queue (in rows or bytes) or a stopped writer
     /// drops it (counted, logged once).
-    pub(crate) fn record(&self, row: PendingRow) {
+    pub(crate) fn record(&self, row: Box<PendingRow>) {
         let held = row.held_bytes();
         let before = self
             .stats
             .queue_bytes
             .fetch_add(held as u64, Ordering::Relaxed);
         let within = before.saturating_add(held as u64) <= self.max_bytes as u64;
-        let sent = within
-            && self
-                .sender
-                .try_send(Message::Row(Box::new(row), held))
-                .is_ok();
+        let sent = within && self.sender.try_send(Message::Row(row, held)).is_ok();
         if sent {
             self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
         } else {

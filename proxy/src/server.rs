@@ -111,6 +111,7 @@ pub async fn spawn(config: ProxyConfig) -> Result<ProxyHandle, ProxyError> {
         block_tokens: config.prefix_block_tokens as usize,
         capture_content: config.capture_content,
         capture_max_bytes: config.capture_max_bytes,
+        id_prefix: format!("{:012x}", RandomState::new().hash_one(0u8) >> 16),
     };
     let (recorder, writer) = Recorder::start(
         factory,
@@ -138,7 +139,6 @@ pub async fn spawn(config: ProxyConfig) -> Result<ProxyHandle, ProxyError> {
         upstream,
         recorder,
         stats: stats.clone(),
-        id_prefix: format!("{:012x}", RandomState::new().hash_one(0u8) >> 16),
         id_counter: AtomicU64::new(0),
         upstream_host,
         start_us: forward::now_us(),
