@@ -655,6 +655,22 @@ impl UpstreamBody {
                     let rest = &buf[at..];
                     match state {
                         Chunk::Size => {
+                            // The common chunk, whole in the buffer, in one step: what the
+                            // states below do with it, without a line search or a state
+                            // change per part (~100 instructions a chunk less; a stream
+                            // sends a chunk an event).
+                            if let Some((start, size, used)) = whole_chunk(rest) {
+                                let start = at + start;
+                                match &mut data {
+                                    None => data = Some(start..start + size),
+                                    Some(piece) => {
+                                        buf.copy_within(start..start + size, piece.end);
+                                        piece.end += size;
+                                    }
+                                }
+                                at += used;
+                                continue;
+                            }
                             let Some((len, used)) = line_end(rest)? else {
                                 break;
                             };
@@ -767,6 +783,36 @@ fn trailer_field(line: &[u8]) -> Option<(HeaderName, HeaderValue)> {
 
 /// A chunk-size line: hex digits (at most 15), then nothing, or extensions after `;` or
 /// whitespace.
+/// A whole non-empty chunk at the start of `buf` in its plain form, `HEX CRLF data CRLF`
+/// (no extension, no bare LF): where its data starts, its size and the bytes it takes.
+/// Anything else (a partial chunk, the last chunk, an extension, a framing error) is
+/// `None`, left to the line-by-line states, which read a plain chunk the same way.
+#[inline]
+fn whole_chunk(buf: &[u8]) -> Option<(usize, usize, usize)> {
+    let mut size: u64 = 0;
+    let mut digits = 0;
+    for &b in buf.iter().take(15) {
+        let value = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => break,
+        };
+        size = size << 4 | u64::from(value);
+        digits += 1;
+    }
+    if digits == 0 || size == 0 || buf.get(digits..digits + 2)? != b"\r\n" {
+        return None;
+    }
+    let size = usize::try_from(size).ok()?;
+    let start = digits + 2;
+    let end = start.checked_add(size)?;
+    if buf.get(end..end.checked_add(2)?)? != b"\r\n" {
+        return None;
+    }
+    Some((start, size, end + 2))
+}
+
 fn chunk_size(line: &[u8]) -> Result<u64, UpstreamError> {
     let invalid = || UpstreamError::Invalid("invalid chunk size");
     let mut size: u64 = 0;
@@ -1033,7 +1079,11 @@ mod tests {
     /// trailers, and end, with nothing left in the buffer.
     #[tokio::test]
     async fn chunked_bodies_decode_the_same_whatever_the_reads() {
+        // Extensions, bare LFs and plain chunks (read whole in one step when a read holds
+        // them, line by line when it is cut), one with upper-case hex and one that is not
+        // followed by its CRLF yet in most cuts.
         let wire: &[u8] = b"5;ext=1\r\nhello\r\n1\nx\n10\r\n0123456789abcdef\r\n\
+                            3\r\nabc\r\nA\r\n0123456789\r\n2\r\nyz\r\n\
                             0\r\nx-sum: 7\r\n\r\n";
         let (conn, _server) = conn_with(b"").await;
         let mut body = UpstreamBody::new(conn, Kind::Chunked(Chunk::Size), true);
@@ -1053,7 +1103,7 @@ mod tests {
             (data, trailers.get("x-sum").cloned())
         };
         let whole = decode_in(&[wire]);
-        assert_eq!(whole.0, b"hellox0123456789abcdef");
+        assert_eq!(whole.0, b"hellox0123456789abcdefabc0123456789yz");
         assert_eq!(whole.1, Some(HeaderValue::from_static("7")));
         for a in 0..wire.len() {
             for b in a..wire.len() {
@@ -1105,6 +1155,27 @@ mod tests {
         assert_eq!(line_end(b"1a\r\nrest").ok(), Some(Some((2, 4))));
         assert_eq!(line_end(b"1a\nrest").ok(), Some(Some((2, 3))));
         assert_eq!(line_end(b"1a\r").ok(), Some(None));
+    }
+
+    #[test]
+    fn whole_chunks_are_read_in_one_step_and_anything_else_is_left_to_the_lines() {
+        assert_eq!(whole_chunk(b"3\r\nabc\r\nrest"), Some((3, 3, 8)));
+        assert_eq!(
+            whole_chunk(b"1A\r\n0123456789abcdefghijklmnop\r\n"),
+            Some((4, 26, 32))
+        );
+        for chunk in [
+            &b"3\r\nabc\r"[..],
+            b"3\r\nab",
+            b"0\r\n\r\n",
+            b"3;x=1\r\nabc\r\n",
+            b"3\nabc\n",
+            b"3\r\nabcd\r\n",
+            b"1000000000000000\r\n",
+            b"\r\n",
+        ] {
+            assert_eq!(whole_chunk(chunk), None, "{chunk:?}");
+        }
     }
 
     #[tokio::test]
