@@ -3,9 +3,10 @@
 # wall-clock CPU is not (a shared host). Needs valgrind and wrk, nginx for the peer line,
 # and release builds of the proxy and upstream:
 #   cargo build --release --bin retrace && cargo build --release -p retrace-sim --example bench_sse
-#   bench/proxy_instructions.sh [SECONDS]        (default 10; one line per proxy, then the ratio)
+#   bench/proxy_instructions.sh [SECONDS]        (default 10; one line per proxy, then the ratios)
 # retrace runs with --threads 1 and recording on; nginx with bench/nginx.conf.tmpl and
-# `master_process off` (its one worker is the process callgrind counts). Both sit in front
+# `master_process off` (its one worker is the process callgrind counts), once as configured
+# there (no access log) and once writing a buffered JSON access log. All sit in front
 # of bench_sse (16 events a response); wrk keeps 8 connections busy. Counters are zeroed
 # after a 2 s warm-up, so start-up is not counted; every thread (retrace's recorder's
 # encoding too) is.
@@ -57,6 +58,22 @@ if [[ -x $nginx_bin ]]; then
     -p "$work/nginx" -c "$work/nginx/nginx.conf"
   awk -v a="$retrace_per_request" -v b="$per_request" \
     'BEGIN {printf "retrace / nginx instructions per request: %.2fx\n", a / b}'
+  # nginx doing the nearest thing it can to recording: a JSON access log line a request
+  # (times, status, sizes, the upstream's head and response times), buffered as its docs
+  # advise for busy servers. retrace records more (tokens, TTFT, chunk gaps, prefix hashes).
+  np=$(free_port)
+  log_line='{"msec":$msec,"method":"$request_method","uri":"$uri","status":$status,'
+  log_line+='"request_length":$request_length,"bytes_sent":$bytes_sent,"request_time":$request_time,'
+  log_line+='"upstream_connect_time":"$upstream_connect_time","upstream_header_time":"$upstream_header_time",'
+  log_line+='"upstream_response_time":"$upstream_response_time","upstream_status":"$upstream_status"}'
+  logging="log_format shape escape=json '$log_line'; access_log $work/nginx/access.log shape buffer=64k flush=1s;"
+  sed -e "s#@DIR@#$work/nginx#g" -e "s#@PORT@#$np#" -e "s#@UPSTREAM_PORT@#$up#" \
+    -e "s#access_log off;#${logging//#/\\#}#" bench/nginx.conf.tmpl >"$work/nginx/nginx-log.conf"
+  measure nginx-access-log "$np" "$nginx_bin" -g 'master_process off;' -e "$work/nginx/error.log" \
+    -p "$work/nginx" -c "$work/nginx/nginx-log.conf"
+  [[ -s $work/nginx/access.log ]] || { echo "nginx wrote no access log" >&2; exit 1; }
+  awk -v a="$retrace_per_request" -v b="$per_request" \
+    'BEGIN {printf "retrace / nginx-access-log instructions per request: %.2fx\n", a / b}'
 else
   echo "nginx not installed: no peer line"
 fi
