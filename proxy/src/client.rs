@@ -781,26 +781,13 @@ fn trailer_field(line: &[u8]) -> Option<(HeaderName, HeaderValue)> {
     Some((name, value))
 }
 
-/// A chunk-size line: hex digits (at most 15), then nothing, or extensions after `;` or
-/// whitespace.
 /// A whole non-empty chunk at the start of `buf` in its plain form, `HEX CRLF data CRLF`
 /// (no extension, no bare LF): where its data starts, its size and the bytes it takes.
 /// Anything else (a partial chunk, the last chunk, an extension, a framing error) is
 /// `None`, left to the line-by-line states, which read a plain chunk the same way.
 #[inline]
 fn whole_chunk(buf: &[u8]) -> Option<(usize, usize, usize)> {
-    let mut size: u64 = 0;
-    let mut digits = 0;
-    for &b in buf.iter().take(15) {
-        let value = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            b'A'..=b'F' => b - b'A' + 10,
-            _ => break,
-        };
-        size = size << 4 | u64::from(value);
-        digits += 1;
-    }
+    let (size, digits) = hex_digits(buf, 15);
     if digits == 0 || size == 0 || buf.get(digits..digits + 2)? != b"\r\n" {
         return None;
     }
@@ -813,20 +800,31 @@ fn whole_chunk(buf: &[u8]) -> Option<(usize, usize, usize)> {
     Some((start, size, end + 2))
 }
 
-fn chunk_size(line: &[u8]) -> Result<u64, UpstreamError> {
-    let invalid = || UpstreamError::Invalid("invalid chunk size");
-    let mut size: u64 = 0;
+/// The value of the hex digits at the start of `bytes` (at most `max` of them) and how
+/// many there are.
+#[inline]
+fn hex_digits(bytes: &[u8], max: usize) -> (u64, usize) {
+    let mut value: u64 = 0;
     let mut digits = 0;
-    for &b in line {
-        let value = match b {
+    for &b in bytes.iter().take(max) {
+        let digit = match b {
             b'0'..=b'9' => b - b'0',
             b'a'..=b'f' => b - b'a' + 10,
             b'A'..=b'F' => b - b'A' + 10,
             _ => break,
         };
-        size = size << 4 | u64::from(value);
+        value = value << 4 | u64::from(digit);
         digits += 1;
     }
+    (value, digits)
+}
+
+/// A chunk-size line: hex digits (at most 15), then nothing, or extensions after `;` or
+/// whitespace.
+fn chunk_size(line: &[u8]) -> Result<u64, UpstreamError> {
+    let invalid = || UpstreamError::Invalid("invalid chunk size");
+    // One digit more than allowed, to tell a too-long size from a valid one.
+    let (size, digits) = hex_digits(line, 16);
     match line.get(digits) {
         _ if digits == 0 || digits > 15 => Err(invalid()),
         None | Some(b';' | b' ' | b'\t') => Ok(size),
