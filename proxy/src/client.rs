@@ -1077,9 +1077,8 @@ mod tests {
     /// trailers, and end, with nothing left in the buffer.
     #[tokio::test]
     async fn chunked_bodies_decode_the_same_whatever_the_reads() {
-        // Extensions, bare LFs and plain chunks (read whole in one step when a read holds
-        // them, line by line when it is cut), one with upper-case hex and one that is not
-        // followed by its CRLF yet in most cuts.
+        // Extensions, bare LFs and plain chunks, one with upper-case hex: a plain chunk a
+        // read holds whole is read in one step, one that a cut splits line by line.
         let wire: &[u8] = b"5;ext=1\r\nhello\r\n1\nx\n10\r\n0123456789abcdef\r\n\
                             3\r\nabc\r\nA\r\n0123456789\r\n2\r\nyz\r\n\
                             0\r\nx-sum: 7\r\n\r\n";
@@ -1169,7 +1168,9 @@ mod tests {
             b"3;x=1\r\nabc\r\n",
             b"3\nabc\n",
             b"3\r\nabcd\r\n",
-            b"1000000000000000\r\n",
+            // Sixteen digits: `chunk_size` rejects them, so the one-step reader must not
+            // read them either.
+            b"0000000000000003\r\nabc\r\n",
             b"\r\n",
         ] {
             assert_eq!(whole_chunk(chunk), None, "{chunk:?}");
@@ -1180,6 +1181,12 @@ mod tests {
     async fn bad_chunk_size_and_early_close_are_errors() {
         let (mut conn, _server) =
             conn_with(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n").await;
+        let (_, kind, keep_alive) = read_head(&mut conn, false).await.unwrap();
+        let mut body = UpstreamBody::new(conn, kind, keep_alive);
+        assert!(body.frame().await.unwrap().is_err());
+        // A whole chunk whose data is not followed by CRLF.
+        let (mut conn, _server) =
+            conn_with(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabcX\r\n").await;
         let (_, kind, keep_alive) = read_head(&mut conn, false).await.unwrap();
         let mut body = UpstreamBody::new(conn, kind, keep_alive);
         assert!(body.frame().await.unwrap().is_err());

@@ -38,7 +38,7 @@ pub(crate) struct Shared {
     pub(crate) recorder: Recorder,
     pub(crate) stats: Arc<Stats>,
     /// Numbers the requests; the writer thread makes each number an id
-    /// ([`RowContext::id_prefix`](crate::row::RowContext)).
+    /// ([`RowContext::id_prefix`](crate::row::RowContext::id_prefix)).
     pub(crate) id_counter: AtomicU64,
     /// The upstream's `Host` (unless `--preserve-host`), made once.
     pub(crate) upstream_host: Option<HeaderValue>,

@@ -30,8 +30,9 @@ pub(crate) struct PendingRow {
 }
 
 impl PendingRow {
-    /// The memory the row holds while it waits for the writer: itself, its request body
-    /// and what the stream observer keeps (a JSON body, captured text, the chunk gaps).
+    /// The memory the row holds while it waits for the writer: itself, its request body,
+    /// the boxed stream observer and what it keeps (a JSON body, captured text, the chunk
+    /// gaps).
     pub(crate) fn held_bytes(&self) -> usize {
         std::mem::size_of::<PendingRow>()
             + self.request_body.as_ref().map_or(0, Vec::capacity)
