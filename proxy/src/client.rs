@@ -660,14 +660,7 @@ impl UpstreamBody {
                             // change per part (~100 instructions a chunk less; a stream
                             // sends a chunk an event).
                             if let Some((start, size, used)) = whole_chunk(rest) {
-                                let start = at + start;
-                                match &mut data {
-                                    None => data = Some(start..start + size),
-                                    Some(piece) => {
-                                        buf.copy_within(start..start + size, piece.end);
-                                        piece.end += size;
-                                    }
-                                }
+                                gather(buf, &mut data, at + start, size);
                                 at += used;
                                 continue;
                             }
@@ -691,13 +684,7 @@ impl UpstreamBody {
                             if *left == 0 {
                                 *state = Chunk::DataEnd;
                             }
-                            match &mut data {
-                                None => data = Some(at..at + n),
-                                Some(piece) => {
-                                    buf.copy_within(at..at + n, piece.end);
-                                    piece.end += n;
-                                }
-                            }
+                            gather(buf, &mut data, at, n);
                             at += n;
                         }
                         Chunk::DataEnd => match rest.first() {
@@ -751,6 +738,19 @@ impl UpstreamBody {
                     }
                 })
             }
+        }
+    }
+}
+
+/// Adds the `len` data bytes at `at` to `data`, the piece gathered so far: moved in place
+/// right after it (only chunk framing ever sits between two pieces), or starting it.
+#[inline]
+fn gather(buf: &mut [u8], data: &mut Option<std::ops::Range<usize>>, at: usize, len: usize) {
+    match data {
+        None => *data = Some(at..at + len),
+        Some(piece) => {
+            buf.copy_within(at..at + len, piece.end);
+            piece.end += len;
         }
     }
 }
