@@ -2,7 +2,8 @@
 //! proxy does for every response it records, and prints ns per SSE event as one JSON line.
 //!
 //! `cargo run --release -p retrace-traces --example observe_bench -- --responses 200000`
-//! (`--shape completions|chat`). The events are what vLLM sends: a completions stream is the
+//! (`--shape completions|chat`; `--whole` feeds each response as one chunk, as when it
+//! arrives in one read). The events are what vLLM sends: a completions stream is the
 //! proxy benchmark's upstream (`sim/examples/bench_sse.rs`: 16 one-word chunks, a
 //! finish chunk with usage, `[DONE]`); a chat stream adds a role-only first chunk,
 //! `system_fingerprint` and `logprobs`. For instruction counts (steady on a busy machine):
@@ -55,10 +56,12 @@ fn response(chat: bool, tokens: usize) -> Vec<Vec<u8>> {
 fn main() -> Result<(), Error> {
     let mut responses: u64 = 200_000;
     let mut chat = false;
+    let mut whole = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--responses" => responses = args.next().ok_or("--responses needs a value")?.parse()?,
+            "--whole" => whole = true,
             "--shape" => {
                 chat = match args.next().as_deref() {
                     Some("chat") => true,
@@ -68,13 +71,18 @@ fn main() -> Result<(), Error> {
             }
             other => {
                 return Err(format!(
-                    "unknown argument {other:?} (use --responses N [--shape completions|chat])"
+                    "unknown argument {other:?} (use --responses N [--shape completions|chat] [--whole])"
                 )
                 .into())
             }
         }
     }
-    let body = response(chat, 16);
+    let mut body = response(chat, 16);
+    let events_per_response = body.len() as u64;
+    if whole {
+        // The whole response in one read, as the proxy benchmark's upstream sends it.
+        body = vec![body.concat()];
+    }
     let endpoint = if chat {
         Endpoint::Chat
     } else {
@@ -94,11 +102,12 @@ fn main() -> Result<(), Error> {
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    let events = responses * body.len() as u64;
+    let events = responses * events_per_response;
     println!(
         "{}",
         serde_json::json!({
             "shape": if chat { "chat" } else { "completions" },
+            "whole": whole,
             "responses": responses,
             "events": events,
             "output_tokens": tokens,

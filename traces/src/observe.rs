@@ -106,7 +106,7 @@ pub struct StreamObserver {
     fast_path: bool,
     /// What the stream's events so far let the next ones skip (see [`skim::Remembered`]).
     remembered: skim::Remembered,
-    /// Events read whole by [`skim::read_event`] (for the tests of that path).
+    /// Events read whole by [`skim::read_events`] (for the tests of that path).
     #[cfg(test)]
     events_read_whole: usize,
 }
@@ -206,10 +206,12 @@ impl StreamObserver {
                     // Whole events of the stream's remembered shape, read straight from
                     // the bytes (what the splitter and the skim would make of them).
                     if self.fast_path && splitter.at_event_boundary() {
-                        while let Some((len, text)) = skim::read_event(&self.remembered, bytes) {
-                            self.template_event(text, at_us);
-                            bytes = &bytes[len..];
-                        }
+                        let remembered = std::mem::take(&mut self.remembered);
+                        let len = skim::read_events(&remembered, bytes, |text| {
+                            self.template_event(text, at_us)
+                        });
+                        self.remembered = remembered;
+                        bytes = &bytes[len..];
                     }
                     // Else one simple event (it may teach the template), or the rest.
                     let simple = splitter.push_simple_event(bytes, &mut |_raw, data| {
@@ -236,6 +238,7 @@ impl StreamObserver {
 
     /// An event read whole through the template: as [`StreamObserver::on_event`] reads
     /// it (one text, nothing else).
+    #[inline(always)]
     fn template_event(&mut self, text: &[u8], at_us: u64) {
         self.events += 1;
         if self.text_cap_bytes.is_some() {
@@ -359,6 +362,7 @@ impl StreamObserver {
     }
 
     /// Counts a chunk that carried generated text: TTFT, the gap since the previous one.
+    #[inline]
     fn content_chunk(&mut self, has_text: bool, at_us: u64) {
         if has_text {
             self.obs.chunk_count = self.obs.chunk_count.saturating_add(1);

@@ -32,61 +32,100 @@ use crate::scan::Scanner as Parser;
 /// Longest event head remembered by [`Remembered`].
 const MAX_PREFIX_BYTES: usize = 512;
 
-/// Longest event remembered as a [`Template`].
+/// Longest event remembered as the template of [`Remembered`].
 const MAX_TEMPLATE_BYTES: usize = 1024;
 
 /// What the reader remembers of a stream's earlier events, so that the next ones cost a
 /// comparison instead of a parse. Both parts are caches: exact whatever they hold (a
 /// stale one just fails to match), and whichever answers, the answer is the same.
+///
+/// The *head* is the head of the last event read, up to the value of its `choices` (when
+/// nothing before it was `usage`). A server repeats that head in every event of a stream
+/// (`id`, `object`, `created`, `model`, …), and the parser's state at its end is always
+/// the same: nothing seen yet. So an event that starts with the same bytes is read from
+/// there, after one comparison instead of a parse of half its bytes. Exact by
+/// construction: the parser is deterministic, and the same bytes bring it to the same
+/// state.
+///
+/// The *template* is the last event whose only reading was one generated text, split
+/// around that text's string: most events of a stream are that event again with another
+/// token in the string (`…"delta":{"content":"` TOKEN `"},"logprobs":null,…`). An event
+/// made of the same bytes before and after a plain string reads as the same text slot
+/// holding that string: the parser reaches the string in the same state, a plain
+/// string's content moves it nowhere else, and the same bytes after it end the parse the
+/// same way. A string the plain scan does not read, or other bytes on either side, and
+/// the event is parsed in full.
 #[derive(Debug, Default)]
 pub(super) struct Remembered {
-    /// The head of the last event read, up to the value of its `choices` (when nothing
-    /// before it was `usage`). A server repeats that head in every event of a stream
-    /// (`id`, `object`, `created`, `model`, …), and the parser's state at its end is
-    /// always the same: nothing seen yet. So an event that starts with the same bytes is
-    /// read from there, after one comparison instead of a parse of half its bytes. Exact
-    /// by construction: the parser is deterministic, and the same bytes bring it to the
-    /// same state.
-    head: Vec<u8>,
-    /// The last event whose only reading was one generated text.
-    template: Template,
-}
-
-/// An event whose reading is one text and nothing else (no finish reason, no usage),
-/// split around that text's string: most events of a stream are that event again with
-/// another token in the string (`…"delta":{"content":"` TOKEN `"},"logprobs":null,…`).
-/// An event made of the same bytes before and after a plain string reads as the same
-/// text slot holding that string: the parser reaches the string in the same state, a
-/// plain string's content moves it nowhere else, and the same bytes after it end the
-/// parse the same way. A string the plain scan does not read, or other bytes on either
-/// side, and the event is parsed in full.
-#[derive(Debug, Default)]
-struct Template {
-    /// The event's bytes up to and including the string's opening quote (empty: none).
-    before: Vec<u8>,
-    /// The event's bytes after the string's closing quote.
-    after: Vec<u8>,
-    /// Which of [`Skimmed::texts`] the string is.
+    /// The head, then the template's bytes before its string (up to and including the
+    /// opening quote), after it (from the closing quote on), and `\n\n`: one buffer, so
+    /// a stream's observer allocates once for all of it (the proxy frees it on another
+    /// thread, where each allocation costs more).
+    store: Vec<u8>,
+    head_len: usize,
+    /// 0: no template.
+    before_len: usize,
+    after_len: usize,
+    /// Which of [`Skimmed::texts`] the template's string is.
     slot: usize,
-    /// Neither `before` nor `after` holds a line end (`\n`, `\r`): an event of this shape
-    /// can be one `data:` line, read by [`read_event`].
+    /// Neither side of the template holds a line end (`\n`, `\r`): an event of its shape
+    /// can be one `data:` line, read by [`read_events`].
     one_line: bool,
 }
 
-impl Template {
+/// Room reserved at the first write: a typical head and template fit.
+const STORE_BYTES: usize = 512;
+
+impl Remembered {
+    /// The remembered head (empty: none).
+    fn head(&self) -> &[u8] {
+        &self.store[..self.head_len]
+    }
+
+    /// The template's bytes before its string (empty: no template).
+    fn before(&self) -> &[u8] {
+        &self.store[self.head_len..self.head_len + self.before_len]
+    }
+
+    /// The template's bytes after its string.
+    fn after(&self) -> &[u8] {
+        let at = self.head_len + self.before_len;
+        &self.store[at..at + self.after_len]
+    }
+
+    /// The template's bytes after its string and the blank line of a one-line event.
+    fn after_line(&self) -> &[u8] {
+        let at = self.head_len + self.before_len;
+        &self.store[at..at + self.after_len + 2]
+    }
+
+    fn reserve(&mut self) {
+        if self.store.capacity() == 0 {
+            self.store.reserve(STORE_BYTES);
+        }
+    }
+
+    /// Remembers `head` in place of the last one (the template stays).
+    fn set_head(&mut self, head: &[u8]) {
+        self.reserve();
+        self.store.splice(..self.head_len, head.iter().copied());
+        self.head_len = head.len();
+    }
+
     /// `data` read through the template, when it matches.
     #[inline]
-    fn read<'a>(&self, data: &'a [u8]) -> Option<Skimmed<'a>> {
-        if self.before.is_empty() || !data.starts_with(&self.before) {
+    fn read_template<'a>(&self, data: &'a [u8]) -> Option<Skimmed<'a>> {
+        let before = self.before();
+        if before.is_empty() || !data.starts_with(before) {
             return None;
         }
         // At the opening quote, the last byte of `before`.
         let mut p = Parser {
             s: data,
-            i: self.before.len() - 1,
+            i: before.len() - 1,
         };
         let text = p.string()?;
-        if data.get(p.i..)? != self.after.as_slice() {
+        if data.get(p.i..)? != self.after() {
             return None;
         }
         let mut out = Skimmed {
@@ -97,7 +136,8 @@ impl Template {
         Some(out)
     }
 
-    /// Remembers `data` if `out`, its reading, is one text string and nothing else.
+    /// Remembers `data` as the template if `out`, its reading, is one text string and
+    /// nothing else.
     fn learn(&mut self, data: &[u8], out: &Skimmed<'_>) {
         if out.finish_reason.is_some() || out.usage.is_some() || data.len() > MAX_TEMPLATE_BYTES {
             return;
@@ -114,61 +154,91 @@ impl Template {
         if start == 0 || data.get(start - 1) != Some(&b'"') || data.get(end) != Some(&b'"') {
             return;
         }
-        self.before.clear();
-        self.before.extend_from_slice(&data[..start]);
-        self.after.clear();
-        self.after.extend_from_slice(&data[end + 1..]);
+        let (before, after) = (&data[..start], &data[end + 1..]);
+        self.reserve();
+        self.store.truncate(self.head_len);
+        self.store.extend_from_slice(before);
+        self.store.extend_from_slice(after);
+        self.store.extend_from_slice(b"\n\n");
+        self.before_len = before.len();
+        self.after_len = after.len();
         self.slot = slot;
         let one_line = |bytes: &[u8]| memchr::memchr2(b'\n', b'\r', bytes).is_none();
-        self.one_line = one_line(&self.before) && one_line(&self.after);
+        self.one_line = one_line(before) && one_line(after);
     }
 }
 
-/// A whole event at the start of `bytes` that is one `data:` line of the remembered
-/// template's shape and a blank line (`data:`, an optional space, the data, `\n\n`): its
-/// length in bytes and its text. It is what the SSE splitter and [`skim`] make of those
-/// bytes, read without the splitter's line search: the splitter takes the line after
-/// `data:` and one optional space as the event's data and ends the event at `\n\n`; the
-/// data starts and ends with the template's bytes (no whitespace to trim), holds no line
-/// end (the template's bytes have none, a plain string neither), and reads through the
-/// template, which leaves `memory` as it was. Anything else: `None`, and the splitter and
-/// [`skim`] read the bytes.
-pub(super) fn read_event<'a>(memory: &Remembered, bytes: &'a [u8]) -> Option<(usize, &'a [u8])> {
-    let template = &memory.template;
-    if !template.one_line || template.before.is_empty() {
-        return None;
+/// The whole events at the start of `bytes` that are each one `data:` line of the
+/// remembered template's shape and a blank line (`data:`, an optional space, the data,
+/// `\n\n`): hands each one's text to `each`, in order, and returns the bytes they take.
+/// It is what the SSE splitter and [`skim`] make of those bytes, read without the
+/// splitter's line search: the splitter takes the line after `data:` and one optional
+/// space as the event's data and ends the event at `\n\n`; the data starts and ends with
+/// the template's bytes (no whitespace to trim), holds no line end (the template's bytes
+/// have none, a plain string neither), and reads through the template, which leaves
+/// `memory` as it was. It stops at the first event that is anything else, which the
+/// splitter and [`skim`] then read. One loop for the run: a stream's events often come
+/// several to a read, and a call an event cost a third of the reading.
+pub(super) fn read_events<'a>(
+    memory: &Remembered,
+    bytes: &'a [u8],
+    mut each: impl FnMut(&'a [u8]),
+) -> usize {
+    if !memory.one_line || memory.before_len == 0 {
+        return 0;
     }
-    let rest = bytes.strip_prefix(b"data:")?;
-    let value_at = 5 + usize::from(rest.first() == Some(&b' '));
-    let data = &bytes[value_at..];
-    if !data.starts_with(&template.before) {
-        return None;
+    let (before, after_line) = (memory.before(), memory.after_line());
+    let mut rest = bytes;
+    while let Some(line) = rest.strip_prefix(b"data:") {
+        let data = line.strip_prefix(b" ").unwrap_or(line);
+        let Some(tail) = data.strip_prefix(before) else {
+            break;
+        };
+        // The text: a run of plain ASCII up to its closing quote, else whatever the
+        // parser's string reading takes (from the opening quote, the last byte of `before`).
+        let (text, after_at) = match Parser::plain_ascii_run(tail) {
+            Some(len) => (&tail[..len], len + 1),
+            None => {
+                let mut p = Parser {
+                    s: data,
+                    i: before.len() - 1,
+                };
+                let Some(text) = p.string() else {
+                    break;
+                };
+                (text, p.i - before.len())
+            }
+        };
+        let Some(next) = tail
+            .get(after_at..)
+            .and_then(|t| t.strip_prefix(after_line))
+        else {
+            break;
+        };
+        each(text);
+        rest = next;
     }
-    let mut p = Parser {
-        s: data,
-        i: template.before.len() - 1,
-    };
-    let text = p.string()?;
-    let end = p.i + template.after.len();
-    if data.get(p.i..end)? != template.after.as_slice() || data.get(end..end + 2)? != b"\n\n" {
-        return None;
-    }
-    Some((value_at + end + 2, text))
+    bytes.len() - rest.len()
 }
 
 /// Reads `data` (one SSE event's data, trimmed) if it has the common shape; `None` means
 /// "parse it with serde". `memory` is what the stream's earlier events left.
 pub(super) fn skim<'a>(data: &'a [u8], memory: &mut Remembered) -> Option<Skimmed<'a>> {
-    if let Some(out) = memory.template.read(data) {
+    if let Some(out) = memory.read_template(data) {
         return Some(out);
     }
-    let out = parse(data, &mut memory.head)?;
-    memory.template.learn(data, &out);
+    let (out, head_at) = parse(data, memory.head())?;
+    if let Some(at) = head_at {
+        memory.set_head(&data[..at]);
+    }
+    memory.learn(data, &out);
     Some(out)
 }
 
-/// Reads `data` in full (from the remembered `head` on when it starts with it).
-fn parse<'a>(data: &'a [u8], head: &mut Vec<u8>) -> Option<Skimmed<'a>> {
+/// Reads `data` in full (from the remembered `head` on when it starts with it), and says
+/// where its own head ends when that is one to remember.
+fn parse<'a>(data: &'a [u8], head: &[u8]) -> Option<(Skimmed<'a>, Option<usize>)> {
+    let mut head_at = None;
     let mut p = Parser { s: data, i: 0 };
     let mut out = Skimmed::default();
     let mut seen_choices = false;
@@ -181,8 +251,7 @@ fn parse<'a>(data: &'a [u8], head: &mut Vec<u8>) -> Option<Skimmed<'a>> {
                 return None; // duplicate field: a serde error
             }
             if !seen_usage && !resume && p.i <= MAX_PREFIX_BYTES {
-                head.clear();
-                head.extend_from_slice(&p.s[..p.i]);
+                head_at = Some(p.i);
             }
             p.choices(&mut out)
         }
@@ -213,7 +282,7 @@ fn parse<'a>(data: &'a [u8], head: &mut Vec<u8>) -> Option<Skimmed<'a>> {
         p.members(&mut member)?;
     }
     p.ws();
-    (p.i == p.s.len()).then_some(out)
+    (p.i == p.s.len()).then_some((out, head_at))
 }
 
 /// The readers of a chunk's members.
@@ -649,7 +718,7 @@ mod tests {
             for data in strategy.new_tree(&mut runner).expect("a value").current() {
                 let data = data.trim_ascii().as_bytes();
                 events += 1;
-                templated += usize::from(memory.template.read(data).is_some());
+                templated += usize::from(memory.read_template(data).is_some());
                 skim(data, &mut memory);
             }
         }
@@ -794,17 +863,17 @@ mod tests {
         let first = br#"{"id":"cmpl-1","model":"m","choices":[{"text":"a"}]}"#;
         let second = br#"{"id":"cmpl-1","model":"m","choices":[{"text":""}],"x":1}"#;
         assert!(skim(first, &mut prefix).expect("first").has_text);
-        assert_eq!(prefix.head, br#"{"id":"cmpl-1","model":"m","choices":"#);
+        assert_eq!(prefix.head(), br#"{"id":"cmpl-1","model":"m","choices":"#);
         // Read from the remembered head on: the same answer as a fresh read.
         assert_eq!(skim(second, &mut prefix), skim_fresh(second));
         let other = br#"{"id":"cmpl-2","choices":[{"text":"b"}]}"#;
         assert!(skim(other, &mut prefix).expect("other head").has_text);
-        assert_eq!(prefix.head, br#"{"id":"cmpl-2","choices":"#);
+        assert_eq!(prefix.head(), br#"{"id":"cmpl-2","choices":"#);
         // A head with usage before `choices` is not remembered (its state is not empty).
         let mut prefix = Remembered::default();
         let usage_first = br#"{"usage":null,"choices":[]}"#;
         assert!(skim(usage_first, &mut prefix).is_some());
-        assert!(prefix.head.is_empty());
+        assert!(prefix.head().is_empty());
         // A remembered head does not hide a duplicate `choices` later on.
         let mut prefix = Remembered::default();
         skim(first, &mut prefix);
@@ -819,38 +888,37 @@ mod tests {
             br#"{"id":"c","choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}"#;
         assert!(skim(first, &mut memory).expect("first").has_text);
         assert_eq!(
-            memory.template.before,
+            memory.before(),
             br#"{"id":"c","choices":[{"index":0,"delta":{"content":""#
         );
-        assert_eq!(memory.template.after, br#"},"finish_reason":null}]}"#);
+        assert_eq!(memory.after(), br#"},"finish_reason":null}]}"#);
         let next =
             r#"{"id":"c","choices":[{"index":0,"delta":{"content":" bé"},"finish_reason":null}]}"#;
         let read = memory
-            .template
-            .read(next.as_bytes())
+            .read_template(next.as_bytes())
             .expect("the same shape");
         assert_eq!(Some(read), skim_fresh(next.as_bytes()));
         let empty =
             br#"{"id":"c","choices":[{"index":0,"delta":{"content":""},"finish_reason":null}]}"#;
-        assert!(!memory.template.read(empty).expect("an empty text").has_text);
+        assert!(!memory.read_template(empty).expect("an empty text").has_text);
         // A string the plain scan cannot read, and other bytes after it: not through the
         // template (serde's job, and a full read).
         let escaped = br#"{"id":"c","choices":[{"index":0,"delta":{"content":"
 "},"finish_reason":null}]}"#;
-        assert_eq!(memory.template.read(escaped), None);
+        assert_eq!(memory.read_template(escaped), None);
         assert_eq!(skim(escaped, &mut memory), None);
         let finish =
             br#"{"id":"c","choices":[{"index":0,"delta":{"content":"z"},"finish_reason":"stop"}]}"#;
-        assert_eq!(memory.template.read(finish), None);
+        assert_eq!(memory.read_template(finish), None);
         let s = skim(finish, &mut memory).expect("finish");
         assert_eq!(s.finish_reason, Some(&b"stop"[..]));
         // A finish reason is more than one text: the template stays as it was.
-        assert_eq!(memory.template.after, br#"},"finish_reason":null}]}"#);
+        assert_eq!(memory.after(), br#"},"finish_reason":null}]}"#);
         // Two texts are not one: nothing learnt.
         let mut memory = Remembered::default();
         let two = br#"{"choices":[{"delta":{"reasoning":"r","content":"c"}}]}"#;
         assert!(skim(two, &mut memory).is_some());
-        assert!(memory.template.before.is_empty());
+        assert!(memory.before().is_empty());
     }
 
     #[test]
