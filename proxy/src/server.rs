@@ -304,6 +304,9 @@ where
     let mut watching = true;
     loop {
         tokio::select! {
+            // In order: the connection, then its watchdog (no random start a poll: the
+            // connection's end wins a tie, and the watchdog only fires at its deadline).
+            biased;
             result = &mut watched => {
                 if let Err(err) = result {
                     tracing::debug!(%peer, error = %err, "client connection ended with an error");
