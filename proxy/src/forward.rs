@@ -24,7 +24,7 @@ use crate::client::{UpstreamBody, UpstreamClient};
 use crate::config::ProxyConfig;
 use crate::head::{based_target, Peer, RequestHead};
 use crate::record::Recorder;
-use crate::request_info::{self, RequestInfo};
+use crate::request_info;
 use crate::row::PendingRow;
 use crate::stats::Stats;
 use crate::watch::Busy;
@@ -176,18 +176,14 @@ impl Body for ForwardBody {
 /// error, or by being dropped (the client went away).
 pub(crate) struct Recording {
     shared: Arc<Shared>,
-    request_number: u64,
-    session_id: Option<String>,
     arrival: Instant,
-    arrival_us: i64,
-    endpoint: Endpoint,
     tee: Arc<Mutex<Tee>>,
-    /// Already parsed (with `--include-usage`, before sending).
-    info: Option<RequestInfo>,
-    status: Option<u16>,
-    /// Boxed: the observer is ~500 bytes, and the recording moves with the response body.
-    observer: Option<Box<StreamObserver>>,
-    done: bool,
+    /// The row, filled in as the request goes (status, parsed request, the response's
+    /// observer inside it) and handed over when it ends: `None` once it has. Boxed once at
+    /// the start: one allocation a request for the row and its observer (the writer frees
+    /// it on its own thread, where each allocation costs more), and the recording that
+    /// moves with the response body stays small.
+    row: Option<Box<PendingRow>>,
     /// Keeps the client connection busy (not waiting for a head) until the response is
     /// sent or abandoned.
     _busy: Busy,
@@ -209,45 +205,40 @@ impl Recording {
         self.finish_after(outcome, None);
     }
 
+    /// The row being filled in (`None` once handed over).
+    fn row(&mut self) -> Option<&mut PendingRow> {
+        self.row.as_deref_mut()
+    }
+
+    /// Records the response status (or the one the proxy answered with).
+    fn set_status(&mut self, status: u16) {
+        if let Some(row) = self.row() {
+            row.status = Some(status);
+        }
+    }
+
     /// [`Recording::finish`] with the response's last frame (and its arrival offset) not yet
     /// fed to the observer. The frame's observation and the row's hand-over then run in a
     /// task of their own, after this connection has written the frame: when a whole
     /// response arrives in one read (a non-streamed answer, a stream's tail), observing it
     /// is most of a request's recording work, and the client need not wait for it.
     fn finish_after(&mut self, outcome: Outcome, last: Option<(Bytes, u64)>) {
-        if self.done {
+        let Some(mut row) = self.row.take() else {
             return;
-        }
-        self.done = true;
+        };
         let end_us = self.offset_us();
         let shared = self.shared.clone();
-        shared.stats.finished(self.status, outcome);
+        shared.stats.finished(row.status, outcome);
         // Only moves here: parsing, tokenizing and hashing happen on the writer thread.
-        let (request_bytes, body) = match self.tee.lock() {
-            Ok(mut tee) => {
-                let usable = tee.complete && !tee.overflow;
-                (
-                    Some(tee.bytes),
-                    usable.then(|| std::mem::take(&mut tee.buf)),
-                )
+        if let Ok(mut tee) = self.tee.lock() {
+            let usable = tee.complete && !tee.overflow;
+            row.request_bytes = Some(tee.bytes);
+            if usable && row.info.is_none() {
+                row.request_body = Some(std::mem::take(&mut tee.buf));
             }
-            Err(_) => (None, None),
-        };
-        // Boxed once here: the row then moves through the hand-over queue and the
-        // recorder's channel as a pointer, not a copy each step.
-        let row = Box::new(PendingRow {
-            request_number: self.request_number,
-            session_id: self.session_id.take(),
-            arrival_us: self.arrival_us,
-            endpoint: self.endpoint.clone(),
-            request_bytes,
-            request_body: if self.info.is_some() { None } else { body },
-            info: self.info.take(),
-            status: self.status,
-            outcome,
-            observer: self.observer.take(),
-            end_us,
-        });
+        }
+        row.outcome = outcome;
+        row.end_us = end_us;
         let handover = RowHandover {
             shared,
             row: Some(row),
@@ -377,7 +368,8 @@ impl ResponseBody {
         }
         let ok = self
             .recording
-            .status
+            .row()
+            .and_then(|row| row.status)
             .is_some_and(|s| (200..300).contains(&s));
         let outcome = if ok { Outcome::Ok } else { Outcome::HttpError };
         self.recording.finish_after(outcome, last);
@@ -443,7 +435,9 @@ impl Body for ResponseBody {
                     let at_us = this.recording.offset_us_at(now.into_std());
                     if ended {
                         // Observed after the client has it (`Recording::finish_after`).
-                    } else if let Some(observer) = this.recording.observer.as_mut() {
+                    } else if let Some(observer) =
+                        this.recording.row().and_then(|row| row.observer.as_mut())
+                    {
                         observer.feed(data, at_us);
                     }
                     let Some(splitter) = this.strip.as_mut() else {
@@ -672,23 +666,29 @@ pub(crate) async fn handle(
     let tee = Arc::new(Mutex::new(Tee::default()));
     let mut recording = Recording {
         shared: shared.clone(),
-        request_number: shared.next_request_number(),
-        session_id,
         arrival,
-        arrival_us,
-        endpoint: endpoint.clone(),
         tee: tee.clone(),
-        info: None,
-        status: None,
-        observer: None,
-        done: false,
+        row: Some(Box::new(PendingRow {
+            request_number: shared.next_request_number(),
+            session_id,
+            arrival_us,
+            endpoint: endpoint.clone(),
+            request_bytes: None,
+            request_body: None,
+            info: None,
+            status: None,
+            // Set when the request ends.
+            outcome: Outcome::Ok,
+            observer: None,
+            end_us: 0,
+        })),
         _busy: busy,
     };
 
     let (mut parts, body) = request.into_parts();
     let Ok(based_target) = based_target(&parts, &config.upstream.base_path) else {
         tracing::debug!("cannot build the upstream request target");
-        recording.status = Some(400);
+        recording.set_status(400);
         recording.finish(Outcome::HttpError);
         return Ok(error_response(
             StatusCode::BAD_REQUEST,
@@ -742,7 +742,9 @@ pub(crate) async fn handle(
                     }
                 }
             }
-            recording.info = info;
+            if let Some(row) = recording.row() {
+                row.info = info;
+            }
         }
         if let Ok(mut t) = tee.lock() {
             t.bytes = prefix.len() as u64;
@@ -832,12 +834,12 @@ pub(crate) async fn handle(
                     "retrace proxy: upstream unreachable\n",
                 )
             };
-            recording.status = Some(status.as_u16());
+            recording.set_status(status.as_u16());
             recording.finish(outcome);
             return Ok(error_response(status, text));
         }
         Err(_) => {
-            recording.status = Some(StatusCode::GATEWAY_TIMEOUT.as_u16());
+            recording.set_status(StatusCode::GATEWAY_TIMEOUT.as_u16());
             recording.finish(Outcome::Timeout);
             return Ok(error_response(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -862,7 +864,7 @@ pub(crate) async fn handle(
     } else {
         strip_usage = false;
     }
-    recording.status = Some(parts.status.as_u16());
+    recording.set_status(parts.status.as_u16());
     let status = parts.status;
     if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         // No body follows (and hyper would not poll one): the request ends with its head.
@@ -883,7 +885,9 @@ pub(crate) async fn handle(
     if config.capture_content && recognized {
         observer = observer.capture_text(config.capture_max_bytes);
     }
-    recording.observer = Some(Box::new(observer));
+    if let Some(row) = recording.row() {
+        row.observer = Some(observer);
+    }
     let total_us = u64::try_from(arrival.elapsed().as_micros()).unwrap_or(u64::MAX);
     shared
         .stats
@@ -1006,7 +1010,7 @@ mod tests {
             info: None,
             status: Some(200),
             outcome: Outcome::Ok,
-            observer: Some(Box::new(StreamObserver::new(Endpoint::Completions))),
+            observer: Some(StreamObserver::new(Endpoint::Completions)),
             end_us: 900,
         });
         let last = Bytes::from_static(

@@ -85,7 +85,7 @@ pub mod fuzzing {
             info: None,
             status: Some(200),
             outcome: Outcome::Ok,
-            observer: Some(Box::new(observer)),
+            observer: Some(observer),
             end_us: 30,
         };
         let context = RowContext {

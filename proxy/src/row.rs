@@ -24,21 +24,20 @@ pub(crate) struct PendingRow {
     pub(crate) info: Option<RequestInfo>,
     pub(crate) status: Option<u16>,
     pub(crate) outcome: Outcome,
-    pub(crate) observer: Option<Box<StreamObserver>>,
+    /// Inline: the row is boxed once (see `Recording`), the observer with it.
+    pub(crate) observer: Option<StreamObserver>,
     /// Offset of the end, µs from arrival.
     pub(crate) end_us: u64,
 }
 
 impl PendingRow {
-    /// The memory the row holds while it waits for the writer: itself, its request body,
-    /// the boxed stream observer and what it keeps (a JSON body, captured text, the chunk
-    /// gaps).
+    /// The memory the row holds while it waits for the writer: itself (its stream
+    /// observer inside), its request body, and what the observer keeps (a JSON body,
+    /// captured text, the chunk gaps).
     pub(crate) fn held_bytes(&self) -> usize {
         std::mem::size_of::<PendingRow>()
             + self.request_body.as_ref().map_or(0, Vec::capacity)
-            + self.observer.as_ref().map_or(0, |observer| {
-                std::mem::size_of::<StreamObserver>() + observer.held_bytes()
-            })
+            + self.observer.as_ref().map_or(0, StreamObserver::held_bytes)
     }
 }
 
