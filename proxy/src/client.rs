@@ -658,12 +658,12 @@ impl UpstreamBody {
                             // The common chunk, whole in the buffer, in one step: what the
                             // states below do with it, without a line search or a state
                             // change per part (~100 instructions a chunk less; a stream
-                            // sends a chunk an event).
-                            if let Some((start, size, used)) = whole_chunk(rest) {
+                            // sends a chunk an event), and a run of them in one loop.
+                            while let Some((start, size, used)) = whole_chunk(&buf[at..]) {
                                 gather(buf, &mut data, at + start, size);
                                 at += used;
-                                continue;
                             }
+                            let rest = &buf[at..];
                             let Some((len, used)) = line_end(rest)? else {
                                 break;
                             };
@@ -800,6 +800,24 @@ fn whole_chunk(buf: &[u8]) -> Option<(usize, usize, usize)> {
     Some((start, size, end + 2))
 }
 
+/// Each byte's value as a hex digit; `NOT_HEX` for any other byte (one lookup a digit
+/// instead of three range tests).
+static HEX_DIGIT: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = match b as u8 {
+            d @ b'0'..=b'9' => d - b'0',
+            d @ b'a'..=b'f' => d - b'a' + 10,
+            d @ b'A'..=b'F' => d - b'A' + 10,
+            _ => NOT_HEX,
+        };
+        b += 1;
+    }
+    table
+};
+const NOT_HEX: u8 = 0xff;
+
 /// The value of the hex digits at the start of `bytes` (at most `max` of them) and how
 /// many there are.
 #[inline]
@@ -807,12 +825,10 @@ fn hex_digits(bytes: &[u8], max: usize) -> (u64, usize) {
     let mut value: u64 = 0;
     let mut digits = 0;
     for &b in bytes.iter().take(max) {
-        let digit = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            b'A'..=b'F' => b - b'A' + 10,
-            _ => break,
-        };
+        let digit = HEX_DIGIT[usize::from(b)];
+        if digit == NOT_HEX {
+            break;
+        }
         value = value << 4 | u64::from(digit);
         digits += 1;
     }
@@ -1152,6 +1168,15 @@ mod tests {
         assert_eq!(line_end(b"1a\r\nrest").ok(), Some(Some((2, 4))));
         assert_eq!(line_end(b"1a\nrest").ok(), Some(Some((2, 3))));
         assert_eq!(line_end(b"1a\r").ok(), Some(None));
+    }
+
+    #[test]
+    fn the_hex_digit_table_reads_what_to_digit_reads() {
+        for b in 0..=u8::MAX {
+            let expected = char::from(b).to_digit(16).map(|d| d as u8);
+            let read = Some(HEX_DIGIT[usize::from(b)]).filter(|&d| d != NOT_HEX);
+            assert_eq!(read, expected, "byte {b}");
+        }
     }
 
     #[test]
