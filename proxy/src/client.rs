@@ -21,7 +21,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::connector::{UpstreamConnector, UpstreamStream};
-use crate::forward::{BoxError, ForwardBody, HOP_BY_HOP};
+use crate::forward::{is_hop_by_hop, BoxError, ForwardBody};
 use crate::head::RequestHead;
 
 /// Longest response head accepted (status line and headers).
@@ -478,7 +478,7 @@ fn parse_head(
             let (name_at, value_at) = (name_at as usize, value_at as usize);
             let name = HeaderName::from_bytes(&head[name_at..name_at + name_len as usize])
                 .map_err(|_| UpstreamError::Invalid("invalid header name"))?;
-            if HOP_BY_HOP.contains(&name) || connection.names(&name) {
+            if is_hop_by_hop(&name) || connection.names(&name) {
                 continue;
             }
             let value =

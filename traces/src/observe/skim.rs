@@ -108,7 +108,13 @@ impl Remembered {
     /// Remembers `head` in place of the last one (the template stays).
     fn set_head(&mut self, head: &[u8]) {
         self.reserve();
-        self.store.splice(..self.head_len, head.iter().copied());
+        if self.store.len() == self.head_len {
+            // No template after it (a stream's first event): a plain copy.
+            self.store.clear();
+            self.store.extend_from_slice(head);
+        } else {
+            self.store.splice(..self.head_len, head.iter().copied());
+        }
         self.head_len = head.len();
     }
 
