@@ -50,7 +50,6 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds the listeners and starts the proxy. `listen` may use port 0.
 pub async fn spawn(config: ProxyConfig) -> Result<ProxyHandle, ProxyError> {
-    without_huge_pages();
     if !(config.clock_speedup.is_finite() && config.clock_speedup > 0.0) {
         return Err(ProxyError::Config(format!(
             "clock_speedup {}: must be a positive number",
@@ -397,20 +396,6 @@ fn admin_response(request: &Request<Incoming>, stats: &Stats) -> Response<Full<B
         response.headers_mut().insert(header::CONTENT_TYPE, value);
     }
     response
-}
-
-/// Turns transparent huge pages off for this process (Linux). The allocator (mimalloc)
-/// asks for them, and the first touch of each 2 MiB page, at start or after memory went
-/// back to the system, zeroes it whole inside the page fault: the recorder's thread, when
-/// it set up its encoders, spent 80% of its time there and held its CPU for up to 50 ms at
-/// a time (`perf sched`), while the event loop sharing that CPU waited and clients saw
-/// 20-65 ms at the 99th percentile in a fresh proxy's first seconds under load
-/// (bench/notes.md). With 4 KiB pages those stalls are gone; the heap here is small.
-fn without_huge_pages() {
-    #[cfg(target_os = "linux")]
-    if let Err(err) = nix::sys::prctl::set_thp_disable(true) {
-        tracing::debug!(error = %err, "cannot turn transparent huge pages off");
-    }
 }
 
 /// Binds a listener with a deep accept queue: a load test opens hundreds of connections

@@ -42,6 +42,26 @@ fn needy_bytes(word: u64) -> u64 {
     below(quote, 1) | below(backslash, 1) | below(word, 0x20) | (word & HIGHS)
 }
 
+/// How many bytes at the start of `s` are plain ASCII, read eight at a time (ids and
+/// texts are mostly long plain runs): up to the first byte that is not, when a whole word
+/// holds it, else up to where the whole words end (the bytes after are not looked at).
+#[inline(always)]
+fn plain_words(s: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some(word) = s.get(at..at + 8) {
+        let Ok(word) = <[u8; 8]>::try_from(word) else {
+            break;
+        };
+        let needy = needy_bytes(u64::from_le_bytes(word));
+        if needy != 0 {
+            // The lowest flag is exact: straight to the first byte that needs a look.
+            return at + (needy.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    at
+}
+
 /// A cursor over JSON bytes whose readers are exact or abstain: each returns `None` for
 /// anything it does not read exactly as `serde_json` does (any backslash escape, control
 /// characters or bad UTF-8 in strings, exponents and long numbers, deep nesting, any
@@ -176,20 +196,8 @@ impl<'a> Scanner<'a> {
     pub fn string(&mut self) -> Option<&'a [u8]> {
         self.expect(b'"')?;
         let start = self.i;
-        // Eight plain bytes at a time (ids and texts are mostly long plain runs); the byte
-        // loop below decides every word that holds anything else.
-        while let Some(word) = self.s.get(self.i..self.i + 8) {
-            let Ok(word) = <[u8; 8]>::try_from(word) else {
-                break;
-            };
-            let needy = needy_bytes(u64::from_le_bytes(word));
-            if needy != 0 {
-                // The lowest flag is exact: straight to the first byte that needs a look.
-                self.i += (needy.trailing_zeros() / 8) as usize;
-                break;
-            }
-            self.i += 8;
-        }
+        // The byte loop below decides every byte from the first one the words leave.
+        self.i += plain_words(&self.s[self.i..]);
         let mut ascii = true;
         loop {
             let b = *self.s.get(self.i)?;
@@ -212,28 +220,18 @@ impl<'a> Scanner<'a> {
         Some(bytes)
     }
 
-    /// The length of the plain ASCII run at the start of `s` when a quote ends it within
-    /// the whole eight-byte words there: the content of a string whose opening quote is
-    /// just before `s`, as [`Scanner::string`] reads it (plain ASCII is valid UTF-8).
-    /// `None` (anything else: a non-ASCII byte, an escape, a control character, or fewer
-    /// than eight bytes left before the quote) says "read it with [`Scanner::string`]".
-    /// The quick form of that for a hot loop: no byte loop, no UTF-8 check.
+    /// The length of the plain ASCII run at the start of `s` when a quote ends it where
+    /// the eight-byte word scan stops: the content of a string whose opening quote is just
+    /// before `s`, as [`Scanner::string`] reads it (plain ASCII is valid UTF-8). `None`
+    /// (anything else: a non-ASCII byte, an escape, a control character, or plain bytes
+    /// after the last whole word) says "read it with [`Scanner::string`]". The quick form
+    /// of that for a hot loop: no byte loop, no UTF-8 check.
     #[inline(always)]
     pub fn plain_ascii_run(s: &[u8]) -> Option<usize> {
-        let mut at = 0;
-        while let Some(word) = s.get(at..at + 8) {
-            let Ok(word) = <[u8; 8]>::try_from(word) else {
-                break;
-            };
-            let needy = needy_bytes(u64::from_le_bytes(word));
-            if needy != 0 {
-                // The lowest flag is exact: the first byte that is not plain ASCII.
-                let end = at + (needy.trailing_zeros() / 8) as usize;
-                return (s.get(end) == Some(&b'"')).then_some(end);
-            }
-            at += 8;
-        }
-        None
+        // All before `end` is plain ASCII; a quote there (the first needy byte, or the byte
+        // after the last whole word) closes the string.
+        let end = plain_words(s);
+        (s.get(end) == Some(&b'"')).then_some(end)
     }
 
     /// `null` (then `None`) or a string; anything else abstains.
