@@ -15,6 +15,20 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Turns transparent huge pages off for this process (Linux), before anything is
+/// allocated. mimalloc asks for them, and the first touch of each 2 MiB page (at start, or
+/// after memory went back to the system) zeroes it whole inside the page fault, holding
+/// the thread's CPU for up to 50 ms (`perf sched`). On the benchmark's shared cores that
+/// was the proxy's p99 (20-65 ms in its first seconds under load) and `retrace replay`'s
+/// send lateness (p99 10 ms at 200 requests/s, 1 ms without); `retrace analyze` also ran
+/// faster without them (bench/notes.md).
+/// A failure (a sandbox that forbids `prctl`) only costs those stalls: logged at debug.
+fn without_huge_pages() -> Result<(), String> {
+    #[cfg(target_os = "linux")]
+    nix::sys::prctl::set_thp_disable(true).map_err(|err| err.to_string())?;
+    Ok(())
+}
+
 /// Load-test LLM inference servers with the traffic they really get.
 #[derive(Debug, Parser)]
 #[command(name = "retrace", version, about, long_about = None)]
@@ -44,8 +58,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let huge_pages = without_huge_pages();
     let cli = Cli::parse();
     retrace::logging::init();
+    if let Err(err) = huge_pages {
+        tracing::debug!(error = %err, "cannot turn transparent huge pages off");
+    }
     let result = match cli.command {
         Command::Import(args) => retrace::cli::import(args),
         Command::Inspect(args) => retrace::cli::inspect(args),

@@ -160,8 +160,6 @@ pub async fn run(
 ) -> Result<u8, ProxyError> {
     let config = args.into_config()?;
     let drain = config.drain_timeout;
-    // Process-wide, so here in the command and not in the library's `spawn`.
-    without_huge_pages();
     let handle = crate::spawn(config).await?;
     tracing::info!(listen = %handle.local_addr(), admin = ?handle.admin_addr(), "proxy listening");
     shutdown.await;
@@ -174,20 +172,6 @@ pub async fn run(
         "proxy stopped"
     );
     Ok(0)
-}
-
-/// Turns transparent huge pages off for this process (Linux). The allocator (mimalloc)
-/// asks for them, and the first touch of each 2 MiB page, at start or after memory went
-/// back to the system, zeroes it whole inside the page fault: the recorder's thread, when
-/// it set up its encoders, spent 80% of its time there and held its CPU for up to 50 ms at
-/// a time (`perf sched`), while the event loop sharing that CPU waited and clients saw
-/// 20-65 ms at the 99th percentile in a fresh proxy's first seconds under load
-/// (bench/notes.md). With 4 KiB pages those stalls are gone; the heap here is small.
-fn without_huge_pages() {
-    #[cfg(target_os = "linux")]
-    if let Err(err) = nix::sys::prctl::set_thp_disable(true) {
-        tracing::debug!(error = %err, "cannot turn transparent huge pages off");
-    }
 }
 
 #[cfg(test)]
