@@ -3,9 +3,16 @@
 -- BENCH_DELAY_MS (optional): each connection waits this long between requests, so that
 -- C connections offer about C / (delay + latency) requests/s (a fixed-rate mode for the
 -- plain wrk that Debian ships, which has no -R).
+-- BENCH_GAP_US (optional): asks bench_sse to send each event this many µs after the one
+-- before (header x-bench-event-gap-us), as a model server streams tokens.
 wrk.method = "POST"
 wrk.headers["content-type"] = "application/json"
 wrk.body = '{"model":"sim-7b","prompt":"benchmark","max_tokens":16,"stream":true}'
+
+local gap_us = tonumber(os.getenv("BENCH_GAP_US") or "")
+if gap_us and gap_us > 0 then
+  wrk.headers["x-bench-event-gap-us"] = tostring(math.floor(gap_us))
+end
 
 local delay_ms = tonumber(os.getenv("BENCH_DELAY_MS") or "")
 if delay_ms and delay_ms > 0 then

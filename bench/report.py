@@ -70,7 +70,8 @@ def proxy_section(rows, out):
     def by(mode, target):
         return {r["run"]: r for r in p if r["mode"] == mode and r["target"] == target}
 
-    for mode, title in (("max", "At maximum rate"), ("fixed", "At a fixed offered rate")):
+    for mode, title in (("max", "At maximum rate"), ("fixed", "At a fixed offered rate"),
+                        ("paced", "Paced streams (events spaced in time, as from a model server)")):
         if not any(r["mode"] == mode for r in p):
             continue
         direct = by(mode, "direct")
@@ -268,7 +269,11 @@ def main():
                "(`worker_processes 1`; `retrace proxy --threads 1`); load tool and upstream pinned to CPU 0.\n")
     out.append("## 1. Proxy overhead: direct vs nginx vs `retrace proxy` (recording on)\n")
     out.append("Upstream: `bench_sse`, a static SSE responder (16 `data:` events + usage + `[DONE]`, chunked, "
-               "one frame per event) on one thread. Load: wrk, one thread, POST `/v1/completions`. "
+               "one frame per event) on one thread. Load: wrk, one thread, POST `/v1/completions`. At the "
+               "maximum and the fixed rate every event is ready at once and a response arrives in one read; "
+               "in the paced runs the upstream sends each event a fixed gap after the one before (wrk's "
+               "`BENCH_GAP_US`, see the exact commands), so the proxy forwards each on its own, as in front "
+               "of a model server, and latency is the whole stream's. "
                "\"Added\" = path − direct, per run. CPU from `/proc/PID/stat` (nginx: master + worker), RSS from "
                "`/proc/PID/status` after the run.\n")
     proxy_section(rows, out)

@@ -198,6 +198,11 @@ have() { # have FILE LABEL: is the built binary there?
 WRK_CONNS=32
 FIXED_CONNS=10
 FIXED_DELAY_MS=10 # 10 connections × (10 ms + latency) ≈ 900–1000 requests/s offered
+# Paced streams: bench_sse sends a response's 18 events 1 ms apart (~18 ms a response), so
+# a proxy reads and forwards every event on its own, as in front of a model server; 32
+# connections ≈ 1,700 requests/s, ~30,000 events/s.
+PACED_CONNS=32
+PACED_GAP_US=1000
 bench_proxy() {
   have "$EX/bench_sse" "proxy overhead (upstream)" || return 0
   have "$RETRACE" "proxy overhead (retrace)" || return 0
@@ -226,7 +231,7 @@ bench_proxy() {
   CMD_PROXY_UP="taskset -c 0 target/release/examples/bench_sse 127.0.0.1:UP 16"
   CMD_PROXY_RT="taskset -c 1 retrace proxy --threads 1 --listen 127.0.0.1:RP --upstream http://127.0.0.1:UP --out DIR --admin off"
   CMD_PROXY_NG="taskset -c 1 nginx -c bench/nginx.conf.tmpl (worker_processes 1, keepalive 256, proxy_buffering off, proxy_http_version 1.1, access_log off)"
-  CMD_PROXY_WRK="taskset -c 0 wrk -t1 -c$WRK_CONNS -d${WRK_S}s --latency -s bench/post.lua http://127.0.0.1:PORT/v1/completions; fixed rate: BENCH_DELAY_MS=$FIXED_DELAY_MS ... -c$FIXED_CONNS"
+  CMD_PROXY_WRK="taskset -c 0 wrk -t1 -c$WRK_CONNS -d${WRK_S}s --latency -s bench/post.lua http://127.0.0.1:PORT/v1/completions; fixed rate: BENCH_DELAY_MS=$FIXED_DELAY_MS ... -c$FIXED_CONNS; paced streams: BENCH_GAP_US=$PACED_GAP_US ... -c$PACED_CONNS"
   CMD_PROXY_TTFB="bench/ttfb.py PORT $TTFB_N"
   local targets=("direct:$up:$up_pid" "retrace:$rp:$rtpid")
   ((nginx_ok)) && targets+=("nginx:$np:$ngpid")
@@ -236,14 +241,17 @@ bench_proxy() {
       IFS=: read -r name port pid <<<"$t"
       if ((wrk_ok)); then
         local mode
-        for mode in max fixed; do
+        for mode in max fixed paced; do
           local c0 c1 line
           c0=$(cpu_ticks "$pid")
           if [[ $mode == max ]]; then
             timeout $((WRK_S + 30)) taskset -c "$CPU_A" wrk -t1 -c$WRK_CONNS -d"${WRK_S}s" --latency -s "$BENCH/post.lua" \
               "http://127.0.0.1:$port/v1/completions" >"$WORK/wrk.out" 2>&1 || true
-          else
+          elif [[ $mode == fixed ]]; then
             BENCH_DELAY_MS=$FIXED_DELAY_MS timeout $((WRK_S + 30)) taskset -c "$CPU_A" wrk -t1 -c$FIXED_CONNS -d"${WRK_S}s" --latency \
+              -s "$BENCH/post.lua" "http://127.0.0.1:$port/v1/completions" >"$WORK/wrk.out" 2>&1 || true
+          else
+            BENCH_GAP_US=$PACED_GAP_US timeout $((WRK_S + 30)) taskset -c "$CPU_A" wrk -t1 -c$PACED_CONNS -d"${WRK_S}s" --latency \
               -s "$BENCH/post.lua" "http://127.0.0.1:$port/v1/completions" >"$WORK/wrk.out" 2>&1 || true
           fi
           c1=$(cpu_ticks "$pid")

@@ -145,6 +145,22 @@ fn bench_run_smoke_produces_a_row_per_harness() {
                 assert_eq!(r["wrk"]["errors"], 0, "errors through retrace: {r}");
             }
         }
+        for mode in ["max", "fixed", "paced", "ttfb"] {
+            assert!(
+                rt.iter().any(|r| r["mode"] == mode),
+                "no {mode} row through retrace:\n{results}"
+            );
+        }
+        // Paced streams are paced: bench_sse sends each of a response's 18 events 1 ms
+        // after the one before (bench/run.sh's PACED_GAP_US), so no stream is quicker than
+        // that; unpaced, the whole response takes well under a millisecond here.
+        for r in proxy.iter().filter(|r| r["mode"] == "paced") {
+            let p50_us = r["wrk"]["lat_p50_us"].as_u64().unwrap();
+            assert!(
+                p50_us >= 17_000,
+                "paced stream quicker than its pacing: {r}"
+            );
+        }
         let rec = rows(&results, "proxy_recording");
         assert!(
             rec.first().is_some_and(|r| r["files"].as_u64() > Some(0)),

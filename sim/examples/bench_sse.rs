@@ -8,11 +8,19 @@
 //! `200 text/event-stream`, chunked, with EVENTS `data:` chunks (default 16) of one word
 //! each, a final usage chunk and `data: [DONE]`. The request body is read and dropped.
 //! Each event is its own body frame, so a proxy sees (and must forward) many chunks.
+//!
+//! By default every event is ready at once, and hyper writes a whole response in one go. A
+//! request with the header `x-bench-event-gap-us: N` gets event i (from 1) due N·i µs after
+//! the response starts, the way a model server streams tokens: a proxy in front then reads
+//! and forwards each event on its own. Deadlines are absolute, so the timer's millisecond
+//! rounding does not add up over a stream.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame};
@@ -22,6 +30,10 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio::time::{Instant, Sleep};
+
+/// The request header that asks for paced events (see the module docs).
+const GAP_HEADER: &str = "x-bench-event-gap-us";
 
 fn events(n: u32) -> Vec<Bytes> {
     let mut out = Vec::with_capacity(n as usize + 2);
@@ -43,6 +55,10 @@ fn events(n: u32) -> Vec<Bytes> {
 struct Events {
     body: &'static [Bytes],
     next: usize,
+    /// When the response started, and the time between events, when paced.
+    pacing: Option<(Instant, Duration)>,
+    /// The wait for the next event, while one is running.
+    wait: Option<Pin<Box<Sleep>>>,
 }
 
 impl Body for Events {
@@ -51,8 +67,18 @@ impl Body for Events {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let (Some((start, gap)), true) = (self.pacing, self.next < self.body.len()) {
+            let due = start + gap * (self.next as u32 + 1);
+            let wait = self
+                .wait
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+            if wait.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.wait = None;
+        }
         let i = self.next;
         self.next += 1;
         Poll::Ready(self.body.get(i).cloned().map(|b| Ok(Frame::data(b))))
@@ -63,9 +89,21 @@ async fn handle(
     req: Request<Incoming>,
     body: &'static [Bytes],
 ) -> Result<Response<Events>, Infallible> {
+    let gap = req
+        .headers()
+        .get(GAP_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&us| us > 0)
+        .map(Duration::from_micros);
     // Drain the request body so the connection can be reused.
     let _ = req.into_body().collect().await;
-    let mut response = Response::new(Events { body, next: 0 });
+    let mut response = Response::new(Events {
+        body,
+        next: 0,
+        pacing: gap.map(|gap| (Instant::now(), gap)),
+        wait: None,
+    });
     let headers = response.headers_mut();
     headers.insert(
         http::header::CONTENT_TYPE,
