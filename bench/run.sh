@@ -242,18 +242,14 @@ bench_proxy() {
       if ((wrk_ok)); then
         local mode
         for mode in max fixed paced; do
-          local c0 c1 line
+          local c0 c1 line conns=$WRK_CONNS shape=()
+          case $mode in
+            fixed) conns=$FIXED_CONNS; shape=("BENCH_DELAY_MS=$FIXED_DELAY_MS") ;;
+            paced) conns=$PACED_CONNS; shape=("BENCH_GAP_US=$PACED_GAP_US") ;;
+          esac
           c0=$(cpu_ticks "$pid")
-          if [[ $mode == max ]]; then
-            timeout $((WRK_S + 30)) taskset -c "$CPU_A" wrk -t1 -c$WRK_CONNS -d"${WRK_S}s" --latency -s "$BENCH/post.lua" \
-              "http://127.0.0.1:$port/v1/completions" >"$WORK/wrk.out" 2>&1 || true
-          elif [[ $mode == fixed ]]; then
-            BENCH_DELAY_MS=$FIXED_DELAY_MS timeout $((WRK_S + 30)) taskset -c "$CPU_A" wrk -t1 -c$FIXED_CONNS -d"${WRK_S}s" --latency \
-              -s "$BENCH/post.lua" "http://127.0.0.1:$port/v1/completions" >"$WORK/wrk.out" 2>&1 || true
-          else
-            BENCH_GAP_US=$PACED_GAP_US timeout $((WRK_S + 30)) taskset -c "$CPU_A" wrk -t1 -c$PACED_CONNS -d"${WRK_S}s" --latency \
-              -s "$BENCH/post.lua" "http://127.0.0.1:$port/v1/completions" >"$WORK/wrk.out" 2>&1 || true
-          fi
+          env "${shape[@]}" timeout $((WRK_S + 30)) taskset -c "$CPU_A" wrk -t1 -c"$conns" -d"${WRK_S}s" --latency \
+            -s "$BENCH/post.lua" "http://127.0.0.1:$port/v1/completions" >"$WORK/wrk.out" 2>&1 || true
           c1=$(cpu_ticks "$pid")
           line=$(bench_line "$WORK/wrk.out")
           if [[ -z $line ]]; then note "wrk gave no result for $name/$mode: $(tail -2 "$WORK/wrk.out" | tr '\n' ' ')"; continue; fi
